@@ -1,0 +1,44 @@
+//! FerroLB's network lab: namespaces, a bridge, nodes and a client on one machine, for
+//! end-to-end tests that never touch a real network.
+//!
+//! - [`lab`]: [`Lab`] and [`LabBuilder`], the shape of TESTBED.md, torn down on drop.
+//! - [`netns`]: [`Namespace`], running commands inside one with bounded time and clear errors.
+//! - [`process`]: [`Background`] processes by PID: pause, resume, stop, kill.
+//! - [`capture`]: [`Capture`], tcpdump started once it listens, read back as frames.
+//! - [`pcap`]: the pcap file format tcpdump writes.
+//! - [`privilege`]: whether lab tests can run here, and skip-or-fail ([`lab_or_skip!`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ferrolb_e2e::{Lab, lab_or_skip};
+//!
+//! #[test]
+//! fn client_resolves_node_1() {
+//!     lab_or_skip!("ping"); // skip (or fail under FERROLB_REQUIRE_LAB=1) unless root with tools
+//!     let lab = Lab::builder().nodes(2).second_segment().build().unwrap();
+//!     let (client, n1) = (lab.client(), lab.node(1).unwrap());
+//!     let capture = client.ns().capture("eth0", "arp").unwrap(); // tcpdump is listening now
+//!     client.ns().run(["ping", "-c1", "-W1", &n1.ipv4().to_string()]).unwrap();
+//!     capture.wait_for("an ARP reply", Duration::from_secs(5), |f| f.len() >= 2).unwrap();
+//!     let frames = capture.stop().unwrap(); // Vec<CapturedFrame { ts, data, .. }>
+//!     let daemon = n1.ns().spawn(["sleep", "600"]).unwrap(); // stopped by PID at teardown
+//!     daemon.pause().unwrap();
+//! } // lab dropped: processes killed, namespaces deleted, also on panic
+//! ```
+
+pub mod capture;
+pub mod error;
+pub mod lab;
+pub mod netns;
+pub mod pcap;
+pub mod privilege;
+pub mod process;
+
+pub use capture::Capture;
+pub use error::{LabError, Result};
+pub use ferrolb_proto::wire::MacAddr;
+pub use lab::{Host, Lab, LabBuilder, Nic};
+pub use netns::Namespace;
+pub use pcap::CapturedFrame;
+pub use privilege::{LabAccess, require_lab};
+pub use process::Background;
