@@ -1,7 +1,9 @@
 //! The CustomResourceDefinitions generated from the Rust types: the one source of the chart's
 //! `crds/` files.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSON,
+};
 use kube::CustomResourceExt;
 
 use super::{IPAddressPool, L2Advertisement, ServiceL2Status};
@@ -9,13 +11,46 @@ use super::{IPAddressPool, L2Advertisement, ServiceL2Status};
 /// The command that regenerates the files; named in their header and in stale-file errors.
 pub const REGENERATE: &str = "cargo run -p ferrolb-proto --bin crdgen";
 
+/// Kinds whose `spec` users may leave out, as MetalLB's documented `L2Advertisement` example does.
+pub const SPEC_OPTIONAL: [&str; 2] = ["L2Advertisement", "ServiceL2Status"];
+
 /// Every CRD FerroLB serves.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         IPAddressPool::crd(),
         L2Advertisement::crd(),
         ServiceL2Status::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        if SPEC_OPTIONAL.contains(&crd.spec.names.kind.as_str()) {
+            default_empty_spec(crd);
+        }
+    }
+    crds
+}
+
+/// kube-derive always requires `spec`. MetalLB does not for these kinds, so the API server is told
+/// to default a missing spec to `{}`: it then does so on write and when reading objects MetalLB
+/// stored, and every client sees a spec.
+fn default_empty_spec(crd: &mut CustomResourceDefinition) {
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        if let Some(required) = schema.required.as_mut() {
+            required.retain(|field| field != "spec");
+            if required.is_empty() {
+                schema.required = None;
+            }
+        }
+        if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+            spec.default = Some(JSON(serde_json::json!({})));
+        }
+    }
 }
 
 /// `(file name, YAML text)` for each CRD, named as MetalLB names them (`metallb.io_<plural>.yaml`).

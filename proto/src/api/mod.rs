@@ -6,6 +6,7 @@ pub mod advertisement;
 pub mod annotations;
 pub mod crd;
 pub mod l2status;
+pub mod manifest;
 pub mod pool;
 pub mod validation;
 
@@ -13,6 +14,7 @@ pub use addresses::{AddressError, AddressRange, IpFamily};
 pub use advertisement::{L2Advertisement, L2AdvertisementSpec, L2AdvertisementStatus};
 pub use annotations::ServiceAnnotation;
 pub use l2status::{InterfaceInfo, MetalLBServiceL2Status, ServiceL2Status, ServiceL2StatusSpec};
+pub use manifest::{Manifest, ManifestError, parse_documents};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation};
 pub use validation::{PoolProblem, check_pool, check_pools};
 
