@@ -1,6 +1,8 @@
 //! Drop-in compatibility: MetalLB's documented manifests read into FerroLB's types and validate
 //! against the CRDs FerroLB ships, and the shipped CRDs are exactly the generated ones.
 
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
 use std::path::{Path, PathBuf};
 
 use ferrolb_proto::api::{IPAddressPool, Manifest, check_pools, crd, parse_documents};
