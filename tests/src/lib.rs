@@ -1,6 +1,7 @@
 //! FerroLB's network lab: namespaces, a bridge, nodes and a client on one machine, for
 //! end-to-end tests that never touch a real network.
 //!
+//! - [`apiserver`]: [`ApiServer`], an in-memory Kubernetes API on loopback for adapter tests.
 //! - [`lab`]: [`Lab`] and [`LabBuilder`], the shape of TESTBED.md, torn down on drop.
 //! - [`netns`]: [`Namespace`], running commands inside one with bounded time and clear errors.
 //! - [`process`]: [`Background`] processes by PID: pause, resume, stop, kill.
@@ -26,6 +27,7 @@
 //! } // lab dropped: processes killed, namespaces deleted, also on panic
 //! ```
 
+pub mod apiserver;
 pub mod capture;
 pub mod error;
 pub mod lab;
@@ -34,6 +36,7 @@ pub mod pcap;
 pub mod privilege;
 pub mod process;
 
+pub use apiserver::ApiServer;
 pub use capture::Capture;
 pub use error::{LabError, Result};
 pub use ferrolb_proto::wire::MacAddr;
