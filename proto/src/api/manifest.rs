@@ -42,7 +42,8 @@ pub const KINDS: [(&str, &str); 7] = [
 pub struct ManifestError {
     /// Where the text came from, e.g. a file path.
     pub source: String,
-    /// 1-based position of the document in the source.
+    /// 1-based position of the document in the source; 0 when not known (a duplicate object
+    /// found after parsing), and then not printed.
     pub document: usize,
     /// `Kind namespace/name` when the document got that far.
     pub object: Option<String>,
@@ -53,7 +54,10 @@ pub struct ManifestError {
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} document {}", self.source, self.document)?;
+        write!(f, "{}", self.source)?;
+        if self.document > 0 {
+            write!(f, " document {}", self.document)?;
+        }
         if let Some(object) = &self.object {
             write!(f, " ({object})")?;
         }

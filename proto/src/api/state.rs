@@ -1,0 +1,352 @@
+//! The standalone state directory as values: the manifests users write, plus the status the
+//! controller writes back beside them, combined into one [`Snapshot`].
+//!
+//! Layout: every `*.yaml` / `*.yml` file outside `status/` holds user manifests (any number of
+//! documents, any kinds [`super::manifest`] reads). The controller never edits them; it writes
+//! each Service's allocation to `status/services/<namespace>/<name>.yaml` (a Service object
+//! carrying only metadata, annotations and status) and pool counters to
+//! `status/ipaddresspools/<name>.yaml`. Reading overlays those on the user's objects, so user
+//! files keep their comments and a half-written status file cannot corrupt them.
+//!
+//! Reading files and watching the directory is each binary's thin shell; this is the pure core.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+
+use super::annotations::IP_ALLOCATED_FROM_POOL;
+use super::manifest::{Manifest, ManifestError, parse_documents};
+use super::{IPAddressPool, L2Advertisement};
+
+/// The subdirectory the controller owns.
+pub const STATUS_DIR: &str = "status";
+
+/// The namespace of objects written without one, as `kubectl apply` would place them.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Where the controller writes a Service's allocation, relative to the state directory.
+pub fn service_status_path(namespace: &str, name: &str) -> String {
+    format!("{STATUS_DIR}/services/{namespace}/{name}.yaml")
+}
+
+/// Where the controller writes a pool's counters, relative to the state directory.
+pub fn pool_status_path(name: &str) -> String {
+    format!("{STATUS_DIR}/ipaddresspools/{name}.yaml")
+}
+
+/// Whether a relative path is one the controller writes (and user manifests must not be in).
+pub fn is_status_path(relative: &str) -> bool {
+    relative == STATUS_DIR || relative.starts_with(&format!("{STATUS_DIR}/"))
+}
+
+/// Whether a relative path holds manifests at all.
+pub fn is_manifest_path(relative: &str) -> bool {
+    let name = relative.rsplit('/').next().unwrap_or(relative);
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+/// Everything the directory says, with the problems found on the way. Objects are sorted by
+/// namespace and name, so equal directories give equal snapshots.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub pools: Vec<IPAddressPool>,
+    pub advertisements: Vec<L2Advertisement>,
+    pub services: Vec<Service>,
+    pub namespaces: Vec<Namespace>,
+    pub nodes: Vec<Node>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Documents that could not be read, or objects defined twice. The rest is still usable.
+    pub problems: Vec<ManifestError>,
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct Collected {
+    pools: BTreeMap<Key, IPAddressPool>,
+    advertisements: BTreeMap<Key, L2Advertisement>,
+    services: BTreeMap<Key, Service>,
+    namespaces: BTreeMap<Key, Namespace>,
+    nodes: BTreeMap<Key, Node>,
+    endpoint_slices: BTreeMap<Key, EndpointSlice>,
+    /// Where each object came from, for "defined twice" messages.
+    origins: BTreeMap<(String, Key), String>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from `(relative path, text)` pairs; paths decide whether a file holds
+    /// user manifests or controller-written status.
+    pub fn from_files<I, P, T>(files: I) -> Snapshot
+    where
+        I: IntoIterator<Item = (P, T)>,
+        P: AsRef<str>,
+        T: AsRef<str>,
+    {
+        let mut files: Vec<(String, String)> = files
+            .into_iter()
+            .map(|(p, t)| (p.as_ref().to_owned(), t.as_ref().to_owned()))
+            .filter(|(p, _)| is_manifest_path(p))
+            .collect();
+        files.sort();
+
+        let mut problems = Vec::new();
+        let mut collected = Collected::default();
+        let mut overlays: BTreeMap<Key, Service> = BTreeMap::new();
+        let mut pool_overlays: BTreeMap<String, IPAddressPool> = BTreeMap::new();
+        for (path, text) in &files {
+            for result in parse_documents(path, text) {
+                let manifest = match result {
+                    Ok(manifest) => manifest,
+                    Err(err) => {
+                        problems.push(err);
+                        continue;
+                    }
+                };
+                if is_status_path(path) {
+                    match manifest {
+                        Manifest::Service(svc) => {
+                            overlays.insert(key_of(&*svc), *svc);
+                        }
+                        Manifest::IPAddressPool(pool) => {
+                            pool_overlays.insert(pool.name_any(), pool);
+                        }
+                        _ => {}
+                    }
+                } else if let Err(err) = collected.add(path, manifest) {
+                    problems.push(err);
+                }
+            }
+        }
+
+        for (key, overlay) in overlays {
+            if let Some(svc) = collected.services.get_mut(&key) {
+                apply_service_overlay(svc, overlay);
+            }
+        }
+        for pool in collected.pools.values_mut() {
+            if let Some(overlay) = pool_overlays.remove(&pool.name_any()) {
+                pool.status = overlay.status;
+            }
+        }
+
+        Snapshot {
+            pools: collected.pools.into_values().collect(),
+            advertisements: collected.advertisements.into_values().collect(),
+            services: collected.services.into_values().collect(),
+            namespaces: collected.namespaces.into_values().collect(),
+            nodes: collected.nodes.into_values().collect(),
+            endpoint_slices: collected.endpoint_slices.into_values().collect(),
+            problems,
+        }
+    }
+}
+
+fn key_of<K: ResourceExt>(object: &K) -> Key {
+    (
+        object
+            .namespace()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+        object.name_any(),
+    )
+}
+
+/// The controller's overlay brings status and the allocated-from-pool annotation, nothing else.
+fn apply_service_overlay(svc: &mut Service, overlay: Service) {
+    let pool = overlay.annotations().get(IP_ALLOCATED_FROM_POOL).cloned();
+    svc.status = overlay.status;
+    match pool {
+        Some(pool) => {
+            svc.annotations_mut()
+                .insert(IP_ALLOCATED_FROM_POOL.to_owned(), pool);
+        }
+        None => {
+            svc.annotations_mut().remove(IP_ALLOCATED_FROM_POOL);
+        }
+    }
+}
+
+impl Collected {
+    fn add(&mut self, path: &str, manifest: Manifest) -> Result<(), ManifestError> {
+        match manifest {
+            Manifest::IPAddressPool(o) => insert(
+                &mut self.origins,
+                &mut self.pools,
+                "IPAddressPool",
+                path,
+                o,
+                false,
+            ),
+            Manifest::L2Advertisement(o) => insert(
+                &mut self.origins,
+                &mut self.advertisements,
+                "L2Advertisement",
+                path,
+                o,
+                false,
+            ),
+            Manifest::Service(o) => insert(
+                &mut self.origins,
+                &mut self.services,
+                "Service",
+                path,
+                *o,
+                true,
+            ),
+            Manifest::Namespace(o) => insert(
+                &mut self.origins,
+                &mut self.namespaces,
+                "Namespace",
+                path,
+                o,
+                false,
+            ),
+            Manifest::Node(o) => {
+                insert(&mut self.origins, &mut self.nodes, "Node", path, *o, false)
+            }
+            Manifest::EndpointSlice(o) => insert(
+                &mut self.origins,
+                &mut self.endpoint_slices,
+                "EndpointSlice",
+                path,
+                o,
+                true,
+            ),
+            // Written by speakers in a cluster; meaningless in a directory.
+            Manifest::ServiceL2Status(_) => Ok(()),
+        }
+    }
+}
+
+/// Adds an object unless one of the same kind and name is already there. Namespaced kinds
+/// without a namespace land in `default`; cluster-scoped ones (and pools, whose namespace does
+/// not matter outside a cluster) are keyed by name alone.
+fn insert<K: ResourceExt>(
+    origins: &mut BTreeMap<(String, Key), String>,
+    objects: &mut BTreeMap<Key, K>,
+    kind: &str,
+    path: &str,
+    mut object: K,
+    namespaced: bool,
+) -> Result<(), ManifestError> {
+    let key = if namespaced {
+        let ns = object
+            .namespace()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        object.meta_mut().namespace = Some(ns.clone());
+        (ns, object.name_any())
+    } else {
+        (String::new(), object.name_any())
+    };
+    let described = match key.0.as_str() {
+        "" => format!("{kind} {}", key.1),
+        ns => format!("{kind} {ns}/{}", key.1),
+    };
+    match objects.entry(key.clone()) {
+        Entry::Occupied(_) => {
+            let first = origins
+                .get(&(kind.to_owned(), key))
+                .cloned()
+                .unwrap_or_default();
+            Err(ManifestError {
+                source: path.to_owned(),
+                document: 0,
+                object: Some(described),
+                field: "metadata.name".to_owned(),
+                message: format!("defined twice; the first definition, in {first}, is used"),
+            })
+        }
+        Entry::Vacant(slot) => {
+            origins.insert((kind.to_owned(), key), path.to_owned());
+            slot.insert(object);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lan}\nspec:\n  addresses: [10.250.0.100-10.250.0.150]\n";
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: LoadBalancer\n  ports: [{port: 80}]\n";
+    const STATUS: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n  annotations: {metallb.io/ip-allocated-from-pool: lan}\nstatus:\n  loadBalancer:\n    ingress: [{ip: 10.250.0.100}]\n";
+
+    #[test]
+    fn status_files_overlay_user_manifests() {
+        let snapshot = Snapshot::from_files([
+            ("pools.yaml", POOL),
+            ("apps/web.yml", SERVICE),
+            ("status/services/default/web.yaml", STATUS),
+            ("README.md", "not yaml at all: ["),
+        ]);
+        assert_eq!(snapshot.problems, vec![]);
+        assert_eq!(snapshot.pools.len(), 1);
+        let web = &snapshot.services[0];
+        assert_eq!(web.namespace().as_deref(), Some("default"));
+        assert_eq!(
+            web.annotations()
+                .get(IP_ALLOCATED_FROM_POOL)
+                .map(String::as_str),
+            Some("lan")
+        );
+        let ingress = web
+            .status
+            .clone()
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .ingress
+            .unwrap();
+        assert_eq!(ingress[0].ip.as_deref(), Some("10.250.0.100"));
+    }
+
+    #[test]
+    fn status_without_its_service_is_ignored_and_specs_in_status_dir_are_not_users() {
+        let snapshot = Snapshot::from_files([
+            ("status/services/default/web.yaml", STATUS),
+            ("status/pool.yaml", POOL),
+        ]);
+        assert!(snapshot.services.is_empty());
+        assert!(snapshot.pools.is_empty());
+    }
+
+    #[test]
+    fn duplicates_and_bad_documents_are_reported_and_the_rest_kept() {
+        let snapshot = Snapshot::from_files([
+            (
+                "a.yaml",
+                format!("{POOL}---\nkind: Nonsense\napiVersion: v1\nmetadata: {{name: x}}\n"),
+            ),
+            ("b.yaml", POOL.to_owned()),
+        ]);
+        assert_eq!(snapshot.pools.len(), 1);
+        let problems: Vec<String> = snapshot.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("a.yaml document 2 (Nonsense x): kind:"),
+            "{problems:#?}"
+        );
+        assert_eq!(
+            problems[1],
+            "b.yaml (IPAddressPool lan): metadata.name: defined twice; the first definition, in a.yaml, is used"
+        );
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            service_status_path("web", "app"),
+            "status/services/web/app.yaml"
+        );
+        assert!(is_status_path("status/services/x/y.yaml"));
+        assert!(!is_status_path("statuses.yaml"));
+        assert!(
+            is_manifest_path("a/b.yml")
+                && !is_manifest_path(".hidden.yaml")
+                && !is_manifest_path("x.json")
+        );
+    }
+}
