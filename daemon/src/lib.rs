@@ -1,0 +1,12 @@
+//! What both FerroLB daemons need around their pure cores, written once:
+//!
+//! - [`telemetry`]: tracing logs as text or JSON.
+//! - [`endpoint`]: the HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
+//! - [`shutdown`]: SIGTERM / SIGINT as a value tasks can wait on.
+//! - [`statedir`]: the standalone state directory: read as a snapshot, watched for changes,
+//!   written atomically.
+
+pub mod endpoint;
+pub mod shutdown;
+pub mod statedir;
+pub mod telemetry;
