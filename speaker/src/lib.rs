@@ -1,0 +1,18 @@
+//! FerroLB's speaker: makes the LAN send each Service IP's traffic to exactly one node, by
+//! answering ARP and NDP for the IPs this node owns.
+//!
+//! - [`interfaces`]: which links may announce (MetalLB's rules), and a netlink link watcher.
+//! - [`responder`]: the pure decision for one received frame (answer, ignore, or conflict).
+//! - [`gratuitous`]: the schedule of announcements after a takeover.
+//! - [`conflict`]: RFC 5227 / DAD probing before a first announcement.
+//! - [`socket`]: the filtered AF_PACKET socket of one interface, handed to pnet.
+//! - [`announcer`]: the threads that put these together; what the rest of the speaker drives.
+
+pub mod announcer;
+pub mod conflict;
+pub mod gratuitous;
+pub mod interfaces;
+pub mod responder;
+pub mod socket;
+
+pub use announcer::{Announcer, AnnouncerConfig, Event, Events, Intent, Stats};
