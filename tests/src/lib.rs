@@ -8,6 +8,7 @@
 //! - [`capture`]: [`Capture`], tcpdump started once it listens, read back as frames.
 //! - [`pcap`]: the pcap file format tcpdump writes.
 //! - [`privilege`]: whether lab tests can run here, and skip-or-fail ([`lab_or_skip!`]).
+//! - [`tools`]: arping and ndisc6 from a namespace, answers parsed into MACs.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -35,6 +36,7 @@ pub mod netns;
 pub mod pcap;
 pub mod privilege;
 pub mod process;
+pub mod tools;
 
 pub use apiserver::ApiServer;
 pub use capture::Capture;
