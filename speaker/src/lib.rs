@@ -12,6 +12,7 @@ pub mod announcer;
 pub mod conflict;
 pub mod gratuitous;
 pub mod interfaces;
+pub mod membership;
 pub mod responder;
 pub mod socket;
 

@@ -1,0 +1,112 @@
+//! Counters and gauges of the membership loop, kept in atomics so the (later) Prometheus
+//! exporter and tests read them without talking to the loop.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use ferrolb_proto::gossip::Reason;
+
+use super::{Event, Member, MemberState};
+
+/// Figures of one membership loop. Gauges are set, counters only grow.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub members_alive: AtomicU64,
+    pub members_suspect: AtomicU64,
+    pub members_dead: AtomicU64,
+    pub members_left: AtomicU64,
+    pub joins: AtomicU64,
+    pub suspicions: AtomicU64,
+    pub refuted_suspicions: AtomicU64,
+    pub deaths: AtomicU64,
+    pub leaves: AtomicU64,
+    /// Suspicions of this node that it refuted.
+    pub refutations: AtomicU64,
+    pub datagrams_sent: AtomicU64,
+    pub datagrams_received: AtomicU64,
+    pub send_errors: AtomicU64,
+    rejected: [AtomicU64; Reason::ALL.len()],
+}
+
+/// A plain copy of [`Metrics`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    pub members_alive: u64,
+    pub members_suspect: u64,
+    pub members_dead: u64,
+    pub members_left: u64,
+    pub joins: u64,
+    pub suspicions: u64,
+    pub refuted_suspicions: u64,
+    pub deaths: u64,
+    pub leaves: u64,
+    pub refutations: u64,
+    pub datagrams_sent: u64,
+    pub datagrams_received: u64,
+    pub send_errors: u64,
+    /// Rejected datagrams by reason, in [`Reason::ALL`] order.
+    pub rejected: Vec<(Reason, u64)>,
+}
+
+impl Metrics {
+    pub fn rejected(&self, reason: Reason) -> u64 {
+        self.slot(reason).load(Relaxed)
+    }
+
+    /// Rejections of every reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    pub(crate) fn count_rejected(&self, reason: Reason) {
+        self.slot(reason).fetch_add(1, Relaxed);
+    }
+
+    fn slot(&self, reason: Reason) -> &AtomicU64 {
+        let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        // `rejected` has one slot per entry of Reason::ALL.
+        &self.rejected[i]
+    }
+
+    pub(crate) fn count_event(&self, event: &Event) {
+        let counter = match event {
+            Event::MemberUp(_) => &self.joins,
+            Event::MemberSuspect { .. } => &self.suspicions,
+            Event::MemberAlive { .. } => &self.refuted_suspicions,
+            Event::MemberDead { .. } => &self.deaths,
+            Event::MemberLeft { .. } => &self.leaves,
+            Event::Refuted { .. } => &self.refutations,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn set_members(&self, members: &[Member]) {
+        let count = |state| members.iter().filter(|m| m.state == state).count() as u64;
+        self.members_alive.store(count(MemberState::Alive), Relaxed);
+        self.members_suspect
+            .store(count(MemberState::Suspect), Relaxed);
+        self.members_dead.store(count(MemberState::Dead), Relaxed);
+        self.members_left.store(count(MemberState::Left), Relaxed);
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            members_alive: self.members_alive.load(Relaxed),
+            members_suspect: self.members_suspect.load(Relaxed),
+            members_dead: self.members_dead.load(Relaxed),
+            members_left: self.members_left.load(Relaxed),
+            joins: self.joins.load(Relaxed),
+            suspicions: self.suspicions.load(Relaxed),
+            refuted_suspicions: self.refuted_suspicions.load(Relaxed),
+            deaths: self.deaths.load(Relaxed),
+            leaves: self.leaves.load(Relaxed),
+            refutations: self.refutations.load(Relaxed),
+            datagrams_sent: self.datagrams_sent.load(Relaxed),
+            datagrams_received: self.datagrams_received.load(Relaxed),
+            send_errors: self.send_errors.load(Relaxed),
+            rejected: Reason::ALL
+                .iter()
+                .map(|r| (*r, self.rejected(*r)))
+                .collect(),
+        }
+    }
+}

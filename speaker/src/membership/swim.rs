@@ -1,0 +1,1117 @@
+//! The SWIM membership state machine: pure and deterministic, driven by received packets and by
+//! the passage of (caller-supplied) time, returning the datagrams to send and the membership
+//! events that happened.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferrolb_proto::gossip::{
+    ENVELOPE_OVERHEAD, MAX_UPDATES, MemberRecord, MemberState, Message, Packet, Update,
+};
+
+use super::Config;
+use super::rng::Rng;
+
+/// One member as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub name: String,
+    pub address: SocketAddr,
+    pub incarnation: u64,
+    pub state: MemberState,
+}
+
+impl Member {
+    /// Alive or suspect: still a candidate for owning IPs.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, MemberState::Alive | MemberState::Suspect)
+    }
+}
+
+/// A change in membership, as this node learned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member joined, or came back after being dead or gone.
+    MemberUp(Member),
+    /// `by` could not reach the member; it stays live until the suspicion times out.
+    MemberSuspect {
+        name: String,
+        incarnation: u64,
+        by: String,
+    },
+    /// A suspected member refuted the suspicion.
+    MemberAlive { name: String, incarnation: u64 },
+    /// A member was declared failed. `suspected_for`: how long this node had suspected it
+    /// (none when the death was learned before any suspicion).
+    MemberDead {
+        name: String,
+        incarnation: u64,
+        suspected_for: Option<Duration>,
+    },
+    /// A member left gracefully.
+    MemberLeft { name: String, incarnation: u64 },
+    /// This node heard it was suspected, dead or gone, and refuted with a higher incarnation.
+    Refuted { incarnation: u64 },
+}
+
+/// What the state machine asks its shell to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Seal and send `packet` to `to`.
+    Send {
+        to: SocketAddr,
+        packet: Packet,
+    },
+    Event(Event),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    address: SocketAddr,
+    incarnation: u64,
+    state: MemberState,
+    /// When the state last changed.
+    since: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Probe {
+    target: String,
+    seq: u32,
+    started: Instant,
+    indirect_sent: bool,
+}
+
+/// A ping this node sends on behalf of another member's indirect probe.
+#[derive(Debug, Clone)]
+struct Relay {
+    seq: u32,
+    requester: String,
+    requester_address: SocketAddr,
+    requester_seq: u32,
+    expires: Instant,
+}
+
+/// Lifeguard's suspicion: the timeout starts at `max` and falls towards `min` as independent
+/// confirmations arrive, so a member many others cannot reach is declared quickly while a lone
+/// accuser (perhaps itself the slow one) waits longer.
+#[derive(Debug, Clone)]
+struct Suspicion {
+    started: Instant,
+    first_accuser: String,
+    confirmations: BTreeSet<String>,
+    expected: usize,
+    min: Duration,
+    max: Duration,
+}
+
+impl Suspicion {
+    fn timeout(&self) -> Duration {
+        let c = self.confirmations.len();
+        if self.expected == 0 || c >= self.expected {
+            return self.min;
+        }
+        let frac = ((c + 1) as f64).ln() / ((self.expected + 1) as f64).ln();
+        let span = self.max.saturating_sub(self.min);
+        self.max.saturating_sub(span.mul_f64(frac)).max(self.min)
+    }
+
+    fn deadline(&self) -> Instant {
+        self.started + self.timeout()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    update: Update,
+    transmits: u32,
+}
+
+/// The SWIM protocol for one node. Feed it received packets with [`Swim::handle`] and call
+/// [`Swim::tick`] at [`Swim::poll_at`] (or more often); send what it returns.
+#[derive(Debug)]
+pub struct Swim {
+    config: Config,
+    name: String,
+    address: SocketAddr,
+    incarnation: u64,
+    epoch: u64,
+    next_datagram: u64,
+    next_seq: u32,
+    leaving: bool,
+    seeds: Vec<SocketAddr>,
+    members: BTreeMap<String, Entry>,
+    rng: Rng,
+    probe_order: Vec<String>,
+    probe_pos: usize,
+    probe: Option<Probe>,
+    relays: Vec<Relay>,
+    suspicions: BTreeMap<String, Suspicion>,
+    queue: Vec<Queued>,
+    next_probe: Instant,
+    next_gossip: Instant,
+    next_join: Instant,
+    next_reconnect: Instant,
+    next_push_pull: Instant,
+    last_tick: Option<Instant>,
+    out: Vec<Output>,
+}
+
+impl Swim {
+    /// A node named `name`, reachable by its peers at `address`, started at boot `epoch` (must
+    /// grow across restarts, e.g. unix millis), that joins through `seeds`. `rng_seed` fixes
+    /// every random choice.
+    pub fn new(
+        name: impl Into<String>,
+        address: SocketAddr,
+        epoch: u64,
+        seeds: Vec<SocketAddr>,
+        config: Config,
+        rng_seed: u64,
+        now: Instant,
+    ) -> Self {
+        let name = name.into();
+        let mut rng = Rng::new(rng_seed);
+        // Spread the first probe over one interval so nodes started together do not probe in
+        // lockstep.
+        let first_probe = now + config.probe_interval.mul_f64(rng.unit());
+        let mut swim = Swim {
+            next_probe: first_probe,
+            next_gossip: now,
+            next_join: now,
+            next_reconnect: now + config.reconnect_interval,
+            next_push_pull: now + config.push_pull_interval,
+            config,
+            seeds: seeds.into_iter().filter(|s| *s != address).collect(),
+            address,
+            incarnation: 0,
+            epoch,
+            next_datagram: 0,
+            next_seq: 0,
+            leaving: false,
+            members: BTreeMap::new(),
+            rng,
+            probe_order: Vec::new(),
+            probe_pos: 0,
+            probe: None,
+            relays: Vec::new(),
+            suspicions: BTreeMap::new(),
+            queue: Vec::new(),
+            last_tick: None,
+            out: Vec::new(),
+            name,
+        };
+        swim.enqueue(swim.alive_update());
+        swim
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Every known member, this node included, by name.
+    pub fn members(&self) -> Vec<Member> {
+        let mut all: Vec<Member> = self
+            .members
+            .iter()
+            .map(|(name, e)| Member {
+                name: name.clone(),
+                address: e.address,
+                incarnation: e.incarnation,
+                state: e.state,
+            })
+            .collect();
+        all.push(self.me());
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The state of `name` as this node sees it.
+    pub fn state_of(&self, name: &str) -> Option<MemberState> {
+        if name == self.name {
+            return Some(self.me().state);
+        }
+        self.members.get(name).map(|e| e.state)
+    }
+
+    /// Live members (alive or suspect), this node included: the election's candidates.
+    pub fn live(&self) -> Vec<Member> {
+        self.members().into_iter().filter(Member::is_live).collect()
+    }
+
+    fn me(&self) -> Member {
+        Member {
+            name: self.name.clone(),
+            address: self.address,
+            incarnation: self.incarnation,
+            state: if self.leaving {
+                MemberState::Left
+            } else {
+                MemberState::Alive
+            },
+        }
+    }
+
+    fn live_count(&self) -> usize {
+        1 + self
+            .members
+            .values()
+            .filter(|e| matches!(e.state, MemberState::Alive | MemberState::Suspect))
+            .count()
+    }
+
+    /// The latest instant by which [`Swim::tick`] must be called. After a tick at `now` it is
+    /// always later than `now`.
+    pub fn poll_at(&self) -> Instant {
+        let mut at = self
+            .last_tick
+            .map_or(self.next_probe, |t| t + self.config.probe_interval);
+        if !self.queue.is_empty() {
+            at = at.min(self.next_gossip);
+        }
+        if self.leaving {
+            return at;
+        }
+        at = at.min(self.next_probe);
+        if let Some(p) = &self.probe {
+            at = at.min(p.started + self.config.probe_interval);
+            if !p.indirect_sent {
+                at = at.min(p.started + self.config.probe_timeout);
+            }
+        }
+        for s in self.suspicions.values() {
+            at = at.min(s.deadline());
+        }
+        if self.is_alone() && !self.seeds.is_empty() {
+            at = at.min(self.next_join);
+        }
+        at.min(self.next_reconnect).min(self.next_push_pull)
+    }
+
+    fn is_alone(&self) -> bool {
+        self.live_count() == 1
+    }
+
+    /// Handles one authenticated, fresh packet received from `from`.
+    pub fn handle(&mut self, from: SocketAddr, packet: Packet, now: Instant) -> Vec<Output> {
+        if packet.sender == self.name {
+            // Our own datagram looped back, or another node uses our name: believe neither.
+            return Vec::new();
+        }
+        let sender = packet.sender;
+        let unknown = !self.members.contains_key(&sender);
+        for update in packet.updates {
+            self.apply(update, Some(&sender), now);
+        }
+        match packet.message {
+            Message::Ping { seq } => {
+                self.send(from, &sender, Message::Ack { seq });
+            }
+            Message::Ack { seq } => self.on_ack(seq),
+            Message::PingReq {
+                seq,
+                target,
+                address,
+            } => {
+                if target == self.name {
+                    // Asked to probe ourselves (stale address book): just answer.
+                    self.send(from, &sender, Message::Ack { seq });
+                } else {
+                    let my_seq = self.next_probe_seq();
+                    self.relays.push(Relay {
+                        seq: my_seq,
+                        requester: sender.clone(),
+                        requester_address: from,
+                        requester_seq: seq,
+                        expires: now + self.config.probe_interval,
+                    });
+                    self.send(address, &target, Message::Ping { seq: my_seq });
+                }
+            }
+            Message::PushPull {
+                want_reply,
+                members,
+            } => {
+                for record in members {
+                    if record.state == MemberState::Suspect {
+                        // A suspect is still a member: learn it before learning the suspicion.
+                        self.apply(
+                            Update::Alive {
+                                member: record.name.clone(),
+                                incarnation: record.incarnation,
+                                address: record.address,
+                            },
+                            Some(&sender),
+                            now,
+                        );
+                    }
+                    let update = record_update(record, &sender);
+                    self.apply(update, Some(&sender), now);
+                }
+                if want_reply {
+                    self.push_table(from, &sender, false);
+                }
+            }
+            Message::Gossip => {}
+        }
+        // A member we had not heard of (its Alive ran out of retransmits before reaching us):
+        // swap tables with it rather than wait for the periodic push-pull.
+        if unknown && !self.members.contains_key(&sender) && !self.leaving {
+            self.push_table(from, &sender, true);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn on_ack(&mut self, seq: u32) {
+        if self.probe.as_ref().is_some_and(|p| p.seq == seq) {
+            self.probe = None;
+            return;
+        }
+        if let Some(i) = self.relays.iter().position(|r| r.seq == seq) {
+            let relay = self.relays.swap_remove(i);
+            self.send(
+                relay.requester_address,
+                &relay.requester,
+                Message::Ack {
+                    seq: relay.requester_seq,
+                },
+            );
+        }
+    }
+
+    /// Advances timers: probes, suspicions, gossip, joins, reconnects, anti-entropy, reaping.
+    pub fn tick(&mut self, now: Instant) -> Vec<Output> {
+        // A gap of several probe intervals between ticks means this process was stalled
+        // (SIGSTOP, CPU starvation): a probe that "timed out" meanwhile says nothing about its
+        // target, so drop it instead of accusing anyone.
+        let stalled = self.last_tick.is_some_and(|last| {
+            now.saturating_duration_since(last) > self.config.probe_interval * 2
+        });
+        self.last_tick = Some(now);
+        self.relays.retain(|r| r.expires > now);
+
+        if !self.leaving {
+            self.tick_probe(now, stalled);
+            self.tick_suspicions(now);
+        }
+        self.tick_gossip(now);
+        if !self.leaving {
+            self.tick_join(now);
+            self.tick_reconnect(now);
+            self.tick_push_pull(now);
+        }
+        self.reap(now);
+        std::mem::take(&mut self.out)
+    }
+
+    fn tick_probe(&mut self, now: Instant, stalled: bool) {
+        if stalled {
+            self.probe = None;
+            self.next_probe = now;
+        }
+        if let Some(probe) = self.probe.clone() {
+            if now >= probe.started + self.config.probe_interval {
+                self.probe = None;
+                self.probe_failed(&probe.target, now);
+            } else if !probe.indirect_sent && now >= probe.started + self.config.probe_timeout {
+                self.indirect_probe(&probe);
+                if let Some(p) = self.probe.as_mut() {
+                    p.indirect_sent = true;
+                }
+            }
+        }
+        if self.probe.is_none() && now >= self.next_probe {
+            self.next_probe = advance(self.next_probe, self.config.probe_interval, now);
+            if let Some(target) = self.next_probe_target()
+                && let Some(address) = self.members.get(&target).map(|e| e.address)
+            {
+                let seq = self.next_probe_seq();
+                self.probe = Some(Probe {
+                    target: target.clone(),
+                    seq,
+                    started: now,
+                    indirect_sent: false,
+                });
+                self.send(address, &target, Message::Ping { seq });
+            }
+        }
+    }
+
+    fn indirect_probe(&mut self, probe: &Probe) {
+        let Some(address) = self.members.get(&probe.target).map(|e| e.address) else {
+            return;
+        };
+        let helpers: Vec<(String, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(name, e)| e.state == MemberState::Alive && **name != probe.target)
+            .map(|(name, e)| (name.clone(), e.address))
+            .collect();
+        let chosen = self.rng.choose(&helpers, self.config.indirect_checks);
+        for (helper, helper_address) in chosen {
+            self.send(
+                helper_address,
+                &helper,
+                Message::PingReq {
+                    seq: probe.seq,
+                    target: probe.target.clone(),
+                    address,
+                },
+            );
+        }
+        // A second direct attempt costs one datagram and halves the chance that plain loss
+        // turns into a suspicion.
+        self.send(address, &probe.target, Message::Ping { seq: probe.seq });
+    }
+
+    fn probe_failed(&mut self, target: &str, now: Instant) {
+        let Some(entry) = self.members.get(target) else {
+            return;
+        };
+        if !matches!(entry.state, MemberState::Alive | MemberState::Suspect) {
+            return;
+        }
+        let (incarnation, address) = (entry.incarnation, entry.address);
+        let suspect = Update::Suspect {
+            member: target.to_owned(),
+            incarnation,
+            from: self.name.clone(),
+        };
+        self.apply(suspect.clone(), None, now);
+        // Tell the suspect at once: if it is alive it refutes in one round trip instead of
+        // waiting for the rumour to reach it.
+        self.send_with(address, target, Message::Gossip, Some(suspect));
+    }
+
+    fn tick_suspicions(&mut self, now: Instant) {
+        let expired: Vec<(String, u64)> = self
+            .suspicions
+            .iter()
+            .filter(|(_, s)| now >= s.deadline())
+            .filter_map(|(name, _)| {
+                self.members
+                    .get(name)
+                    .map(|e| (name.clone(), e.incarnation))
+            })
+            .collect();
+        if !expired.is_empty() {
+            // A death is urgent news: gossip it in this tick, not up to an interval later.
+            self.next_gossip = now;
+        }
+        for (name, incarnation) in expired {
+            let me = self.name.clone();
+            self.apply(
+                Update::Dead {
+                    member: name,
+                    incarnation,
+                    from: me,
+                },
+                None,
+                now,
+            );
+        }
+    }
+
+    fn tick_gossip(&mut self, now: Instant) {
+        if now < self.next_gossip {
+            return;
+        }
+        self.next_gossip = advance(self.next_gossip, self.config.gossip_interval, now);
+        if self.queue.is_empty() {
+            return;
+        }
+        // Recently dead members get gossip too, so one that was only cut off hears it was
+        // declared dead and refutes when the partition heals.
+        let targets: Vec<(String, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(_, e)| match e.state {
+                MemberState::Alive | MemberState::Suspect => true,
+                MemberState::Dead => {
+                    now.saturating_duration_since(e.since) < self.config.gossip_to_dead
+                }
+                MemberState::Left => false,
+            })
+            .map(|(name, e)| (name.clone(), e.address))
+            .collect();
+        for (name, address) in self.rng.choose(&targets, self.config.gossip_nodes) {
+            if self.queue.is_empty() {
+                break;
+            }
+            self.send(address, &name, Message::Gossip);
+        }
+    }
+
+    fn tick_join(&mut self, now: Instant) {
+        if !self.is_alone() || self.seeds.is_empty() || now < self.next_join {
+            return;
+        }
+        self.next_join = now + self.config.join_retry_interval;
+        for seed in self.seeds.clone() {
+            self.push_table(seed, "", true);
+        }
+    }
+
+    fn tick_reconnect(&mut self, now: Instant) {
+        if now < self.next_reconnect {
+            return;
+        }
+        self.next_reconnect = now + self.config.reconnect_interval;
+        let dead: Vec<(String, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(_, e)| e.state == MemberState::Dead)
+            .map(|(name, e)| (name.clone(), e.address))
+            .collect();
+        if let Some((name, address)) = self.rng.choose(&dead, 1).pop() {
+            self.push_table(address, &name, true);
+        }
+    }
+
+    fn tick_push_pull(&mut self, now: Instant) {
+        if now < self.next_push_pull {
+            return;
+        }
+        self.next_push_pull = now + self.config.push_pull_interval;
+        // A seed we hold no live member at gets the exchange: that reunites halves of a
+        // partition that outlasted the dead-member retention.
+        let live_addresses: BTreeSet<SocketAddr> = self
+            .members
+            .values()
+            .filter(|e| matches!(e.state, MemberState::Alive | MemberState::Suspect))
+            .map(|e| e.address)
+            .collect();
+        let lost_seeds: Vec<SocketAddr> = self
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s| !live_addresses.contains(s))
+            .collect();
+        if let Some(seed) = self.rng.choose(&lost_seeds, 1).pop() {
+            self.push_table(seed, "", true);
+            return;
+        }
+        let alive: Vec<(String, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(_, e)| e.state == MemberState::Alive)
+            .map(|(name, e)| (name.clone(), e.address))
+            .collect();
+        if let Some((name, address)) = self.rng.choose(&alive, 1).pop() {
+            self.push_table(address, &name, true);
+        }
+    }
+
+    fn reap(&mut self, now: Instant) {
+        let retention = self.config.dead_retention;
+        self.members.retain(|_, e| {
+            !matches!(e.state, MemberState::Dead | MemberState::Left)
+                || now.saturating_duration_since(e.since) < retention
+        });
+    }
+
+    /// Leaves gracefully: tells every live member at once and stops probing. Keep calling
+    /// [`Swim::tick`] and [`Swim::handle`] for a little while so the news spreads and late
+    /// probes are still answered.
+    pub fn leave(&mut self, _now: Instant) -> Vec<Output> {
+        if self.leaving {
+            return Vec::new();
+        }
+        self.leaving = true;
+        self.probe = None;
+        self.suspicions.clear();
+        let leave = Update::Leave {
+            member: self.name.clone(),
+            incarnation: self.incarnation,
+        };
+        self.enqueue(leave.clone());
+        let live: Vec<(String, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(_, e)| matches!(e.state, MemberState::Alive | MemberState::Suspect))
+            .map(|(name, e)| (name.clone(), e.address))
+            .collect();
+        for (name, address) in live {
+            self.send_with(address, &name, Message::Gossip, Some(leave.clone()));
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Applies one membership update; `via` is the node that told us (the accuser to answer
+    /// directly when the update is a lie about us).
+    fn apply(&mut self, update: Update, via: Option<&str>, now: Instant) {
+        if update.member() == self.name {
+            self.about_me(update, via);
+            return;
+        }
+        match update {
+            Update::Alive {
+                member,
+                incarnation,
+                address,
+            } => {
+                let Some(entry) = self.members.get_mut(&member) else {
+                    let entry = Entry {
+                        address,
+                        incarnation,
+                        state: MemberState::Alive,
+                        since: now,
+                    };
+                    self.members.insert(member.clone(), entry);
+                    self.add_to_probe_order(&member);
+                    self.event(Event::MemberUp(Member {
+                        name: member.clone(),
+                        address,
+                        incarnation,
+                        state: MemberState::Alive,
+                    }));
+                    self.enqueue(Update::Alive {
+                        member,
+                        incarnation,
+                        address,
+                    });
+                    return;
+                };
+                if incarnation <= entry.incarnation {
+                    return;
+                }
+                let previous = entry.state;
+                *entry = Entry {
+                    address,
+                    incarnation,
+                    state: MemberState::Alive,
+                    since: now,
+                };
+                self.suspicions.remove(&member);
+                match previous {
+                    MemberState::Suspect => self.event(Event::MemberAlive {
+                        name: member.clone(),
+                        incarnation,
+                    }),
+                    MemberState::Dead | MemberState::Left => {
+                        self.add_to_probe_order(&member);
+                        self.event(Event::MemberUp(Member {
+                            name: member.clone(),
+                            address,
+                            incarnation,
+                            state: MemberState::Alive,
+                        }))
+                    }
+                    MemberState::Alive => {}
+                }
+                self.enqueue(Update::Alive {
+                    member,
+                    incarnation,
+                    address,
+                });
+            }
+            Update::Suspect {
+                member,
+                incarnation,
+                from,
+            } => {
+                let n = self.live_count();
+                let Some(entry) = self.members.get_mut(&member) else {
+                    return;
+                };
+                if incarnation < entry.incarnation {
+                    return;
+                }
+                match entry.state {
+                    MemberState::Dead | MemberState::Left => {}
+                    MemberState::Suspect if incarnation == entry.incarnation => {
+                        let confirmed = self.suspicions.get_mut(&member).is_some_and(|s| {
+                            from != s.first_accuser && s.confirmations.insert(from.clone())
+                        });
+                        if confirmed {
+                            // Pass confirmations on: every node's timer shortens with them.
+                            self.enqueue(Update::Suspect {
+                                member,
+                                incarnation,
+                                from,
+                            });
+                        }
+                    }
+                    MemberState::Alive | MemberState::Suspect => {
+                        entry.state = MemberState::Suspect;
+                        entry.incarnation = incarnation;
+                        entry.since = now;
+                        let suspicion = self.new_suspicion(&from, n, now);
+                        self.suspicions.insert(member.clone(), suspicion);
+                        self.event(Event::MemberSuspect {
+                            name: member.clone(),
+                            incarnation,
+                            by: from.clone(),
+                        });
+                        self.enqueue(Update::Suspect {
+                            member,
+                            incarnation,
+                            from,
+                        });
+                    }
+                }
+            }
+            Update::Dead {
+                member,
+                incarnation,
+                from,
+            } => {
+                let Some(entry) = self.members.get_mut(&member) else {
+                    return;
+                };
+                if incarnation < entry.incarnation
+                    || matches!(entry.state, MemberState::Dead | MemberState::Left)
+                {
+                    return;
+                }
+                entry.state = MemberState::Dead;
+                entry.incarnation = incarnation;
+                entry.since = now;
+                let suspected_for = self
+                    .suspicions
+                    .remove(&member)
+                    .map(|s| now.saturating_duration_since(s.started));
+                if self.probe.as_ref().is_some_and(|p| p.target == member) {
+                    self.probe = None;
+                }
+                self.event(Event::MemberDead {
+                    name: member.clone(),
+                    incarnation,
+                    suspected_for,
+                });
+                self.enqueue(Update::Dead {
+                    member,
+                    incarnation,
+                    from,
+                });
+            }
+            Update::Leave {
+                member,
+                incarnation,
+            } => {
+                let Some(entry) = self.members.get_mut(&member) else {
+                    return;
+                };
+                if incarnation < entry.incarnation || entry.state == MemberState::Left {
+                    return;
+                }
+                entry.state = MemberState::Left;
+                entry.incarnation = incarnation;
+                entry.since = now;
+                self.suspicions.remove(&member);
+                if self.probe.as_ref().is_some_and(|p| p.target == member) {
+                    self.probe = None;
+                }
+                self.event(Event::MemberLeft {
+                    name: member.clone(),
+                    incarnation,
+                });
+                self.enqueue(Update::Leave {
+                    member,
+                    incarnation,
+                });
+            }
+        }
+    }
+
+    /// Something said about this node. Anything but the truth at our current incarnation is
+    /// refuted by going one incarnation higher.
+    fn about_me(&mut self, update: Update, via: Option<&str>) {
+        let lie = match &update {
+            Update::Alive {
+                incarnation,
+                address,
+                ..
+            } => {
+                *incarnation > self.incarnation
+                    || (*incarnation == self.incarnation && *address != self.address)
+            }
+            Update::Suspect { incarnation, .. }
+            | Update::Dead { incarnation, .. }
+            | Update::Leave { incarnation, .. } => {
+                !self.leaving && *incarnation >= self.incarnation
+            }
+        };
+        if !lie || self.leaving {
+            return;
+        }
+        self.incarnation = self.incarnation.max(update.incarnation()) + 1;
+        self.event(Event::Refuted {
+            incarnation: self.incarnation,
+        });
+        self.enqueue(self.alive_update());
+        // Answer the accuser directly (it holds the timer that would declare us dead), and
+        // whoever told us, if that is someone else.
+        let mut tell: Vec<String> = Vec::new();
+        if let Update::Suspect { from, .. } | Update::Dead { from, .. } = &update {
+            tell.push(from.clone());
+        }
+        if let Some(via) = via
+            && !tell.iter().any(|t| t == via)
+        {
+            tell.push(via.to_owned());
+        }
+        let alive = self.alive_update();
+        for name in tell {
+            if let Some(address) = self.members.get(&name).map(|e| e.address) {
+                self.send_with(address, &name, Message::Gossip, Some(alive.clone()));
+            }
+        }
+    }
+
+    fn new_suspicion(&self, accuser: &str, live: usize, now: Instant) -> Suspicion {
+        let min = self.config.suspicion_min(live);
+        Suspicion {
+            started: now,
+            first_accuser: accuser.to_owned(),
+            confirmations: BTreeSet::new(),
+            expected: self.config.indirect_checks.min(live.saturating_sub(2)),
+            min,
+            max: min * self.config.suspicion_max_mult,
+        }
+    }
+
+    fn alive_update(&self) -> Update {
+        Update::Alive {
+            member: self.name.clone(),
+            incarnation: self.incarnation,
+            address: self.address,
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        self.out.push(Output::Event(event));
+    }
+
+    fn enqueue(&mut self, update: Update) {
+        // A newer word about a member supersedes the older one still queued.
+        self.queue.retain(|q| q.update.member() != update.member());
+        self.queue.push(Queued {
+            update,
+            transmits: 0,
+        });
+    }
+
+    fn next_probe_seq(&mut self) -> u32 {
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.next_seq
+    }
+
+    fn add_to_probe_order(&mut self, name: &str) {
+        // At a random place in the rest of this round, as memberlist does, so a newcomer is
+        // probed within one round without upsetting everyone else's turn.
+        let rest = self.probe_order.len().saturating_sub(self.probe_pos);
+        let at = self.probe_pos + self.rng.below(rest + 1);
+        self.probe_order
+            .insert(at.min(self.probe_order.len()), name.to_owned());
+    }
+
+    fn next_probe_target(&mut self) -> Option<String> {
+        for _ in 0..2 {
+            while let Some(name) = self.probe_order.get(self.probe_pos).cloned() {
+                self.probe_pos += 1;
+                if self
+                    .members
+                    .get(&name)
+                    .is_some_and(|e| matches!(e.state, MemberState::Alive | MemberState::Suspect))
+                {
+                    return Some(name);
+                }
+            }
+            // End of a round: a fresh random order of everyone live.
+            self.probe_order = self
+                .members
+                .iter()
+                .filter(|(_, e)| matches!(e.state, MemberState::Alive | MemberState::Suspect))
+                .map(|(name, _)| name.clone())
+                .collect();
+            let mut order = std::mem::take(&mut self.probe_order);
+            self.rng.shuffle(&mut order);
+            self.probe_order = order;
+            self.probe_pos = 0;
+        }
+        None
+    }
+
+    /// Our whole member table (ourselves first), as push-pull packets that each fit a datagram.
+    fn push_table(&mut self, to: SocketAddr, to_name: &str, want_reply: bool) {
+        let mut records = vec![MemberRecord {
+            name: self.name.clone(),
+            address: self.address,
+            incarnation: self.incarnation,
+            state: self.me().state,
+        }];
+        records.extend(self.members.iter().map(|(name, e)| MemberRecord {
+            name: name.clone(),
+            address: e.address,
+            incarnation: e.incarnation,
+            state: e.state,
+        }));
+        let budget = self.payload_budget(to_name);
+        let mut first = true;
+        let mut chunk: Vec<MemberRecord> = Vec::new();
+        let mut used = Message::PushPull {
+            want_reply,
+            members: Vec::new(),
+        }
+        .encoded_len();
+        for record in records {
+            let len = record.encoded_len();
+            if !chunk.is_empty() && used + len > budget {
+                let members = std::mem::take(&mut chunk);
+                self.send(
+                    to,
+                    to_name,
+                    Message::PushPull {
+                        want_reply: want_reply && first,
+                        members,
+                    },
+                );
+                first = false;
+                used = Message::PushPull {
+                    want_reply: false,
+                    members: Vec::new(),
+                }
+                .encoded_len();
+            }
+            used += len;
+            chunk.push(record);
+        }
+        self.send(
+            to,
+            to_name,
+            Message::PushPull {
+                want_reply: want_reply && first,
+                members: chunk,
+            },
+        );
+    }
+
+    /// Plaintext bytes left for message + updates in a datagram to `to_name`.
+    fn payload_budget(&self, to_name: &str) -> usize {
+        self.config
+            .max_datagram
+            .saturating_sub(ENVELOPE_OVERHEAD + Packet::header_len(&self.name, to_name))
+    }
+
+    /// Sends `message` to `to` with as many queued updates as fit: first those about the
+    /// recipient (a suspect learns of its suspicion from the probe itself), then those about
+    /// ourselves (refutations), then the least-sent.
+    fn send(&mut self, to: SocketAddr, to_name: &str, message: Message) {
+        self.send_with(to, to_name, message, None);
+    }
+
+    /// [`Swim::send`], with `must` carried first whatever its transmit count (a leave, a
+    /// refutation or a suspicion told to the one concerned).
+    fn send_with(&mut self, to: SocketAddr, to_name: &str, message: Message, must: Option<Update>) {
+        let mut budget = self
+            .payload_budget(to_name)
+            .saturating_sub(message.encoded_len());
+        let mut updates = Vec::new();
+        if let Some(update) = must {
+            budget = budget.saturating_sub(update.encoded_len());
+            updates.push(update);
+        }
+        let limit = self.config.retransmit_limit(self.live_count());
+        let mut order: Vec<usize> = (0..self.queue.len()).collect();
+        let rank = |q: &Queued| {
+            let m = q.update.member();
+            let group = if !to_name.is_empty() && m == to_name {
+                0
+            } else if m == self.name {
+                1
+            } else {
+                2
+            };
+            (group, q.transmits)
+        };
+        order.sort_by_key(|&i| self.queue.get(i).map(rank));
+        for i in order {
+            if updates.len() >= MAX_UPDATES {
+                break;
+            }
+            let Some(q) = self.queue.get_mut(i) else {
+                continue;
+            };
+            let len = q.update.encoded_len();
+            if len > budget || updates.contains(&q.update) {
+                continue;
+            }
+            budget -= len;
+            q.transmits += 1;
+            updates.push(q.update.clone());
+        }
+        self.queue.retain(|q| q.transmits < limit);
+        if matches!(message, Message::Gossip) && updates.is_empty() {
+            return;
+        }
+        let seq = self.next_datagram;
+        self.next_datagram += 1;
+        self.out.push(Output::Send {
+            to,
+            packet: Packet {
+                sender: self.name.clone(),
+                epoch: self.epoch,
+                seq,
+                to: to_name.to_owned(),
+                message,
+                updates,
+            },
+        });
+    }
+}
+
+/// The next firing of a periodic timer that fired at `now`: a steady cadence, but never a
+/// burst to catch up on rounds missed while stalled.
+fn advance(next: Instant, interval: Duration, now: Instant) -> Instant {
+    let following = next + interval;
+    if following <= now {
+        now + interval
+    } else {
+        following
+    }
+}
+
+/// What a push-pull row says, as an update attributed to the node that sent the table.
+fn record_update(record: MemberRecord, sender: &str) -> Update {
+    let MemberRecord {
+        name,
+        address,
+        incarnation,
+        state,
+    } = record;
+    match state {
+        MemberState::Alive => Update::Alive {
+            member: name,
+            incarnation,
+            address,
+        },
+        MemberState::Suspect => Update::Suspect {
+            member: name,
+            incarnation,
+            from: sender.to_owned(),
+        },
+        MemberState::Dead => Update::Dead {
+            member: name,
+            incarnation,
+            from: sender.to_owned(),
+        },
+        MemberState::Left => Update::Leave {
+            member: name,
+            incarnation,
+        },
+    }
+}
