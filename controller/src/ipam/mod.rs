@@ -48,6 +48,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use ferrolb_proto::api::annotations::IP_ALLOCATED_FROM_POOL;
 use ferrolb_proto::api::{IPAddressPool, IPAddressPoolStatus, IpFamily, PoolProblem, check_pools};
 
 pub use error::AllocationError;
@@ -394,7 +395,7 @@ impl Allocator {
                 continue;
             };
             let kept = self
-                .judge(&key, &intent, &old.ips, STATUS_FIELD)
+                .judge(&key, &intent, &old.ips, Some(&old.pool), STATUS_FIELD)
                 .and_then(|held| self.complete(&key, &intent, held));
             match kept {
                 Ok(held) => {
@@ -503,7 +504,8 @@ impl Allocator {
     /// they are still valid for its request. When they are not (or there are none) the
     /// Service waits: call [`Allocator::assign`], or use [`Allocator::rebuild`], which does
     /// it in the right order. A Service whose request cannot be read keeps valid status
-    /// addresses as they are and gets nothing new.
+    /// addresses as they are and gets nothing new. Where a frozen pool overlaps another, the
+    /// pool named by the request's `metallb.io/ip-allocated-from-pool` annotation is kept.
     pub fn restore(&mut self, request: &ServiceRequest, ips: &[IpAddr]) -> Rebuilt {
         let key = request.key.clone();
         self.take_out(&key);
@@ -534,7 +536,12 @@ impl Allocator {
             self.pending.insert(key.clone());
         }
         let kept = status_set(&key, ips).and_then(|ips| {
-            let held = self.judge(&key, &intent, &ips, STATUS_FIELD)?;
+            // The pool recorded on the Service, to stay with it where pools overlap.
+            let recorded = request
+                .annotations
+                .get(IP_ALLOCATED_FROM_POOL)
+                .map(String::as_str);
+            let held = self.judge(&key, &intent, &ips, recorded, STATUS_FIELD)?;
             // A restart adds nothing: a RequireDualStack Service left with one address is
             // allocated anew instead.
             if intent.policy == FamilyPolicy::RequireDualStack && held.ips.len() < 2 {
@@ -768,6 +775,23 @@ impl Allocator {
             .unwrap_or(Located::Nowhere)
     }
 
+    /// Like [`Allocator::locate`], but an address in one of the `preferred` pools (valid or
+    /// frozen) is placed there.
+    fn locate_preferring(&self, ip: IpAddr, preferred: &[Option<&str>]) -> Located<'_> {
+        for name in preferred.iter().flatten() {
+            if let Some(pool) = self.pools.get(*name)
+                && let Some((entry, index)) = pool.locate(ip)
+            {
+                return if pool.is_valid() {
+                    Located::Valid { pool, entry, index }
+                } else {
+                    Located::Frozen { pool, index }
+                };
+            }
+        }
+        self.locate(ip)
+    }
+
     /// The valid entry holding `ip` and its ordinal there, for updating the taken set.
     fn taken_slot(&mut self, ip: IpAddr) -> Option<(&mut pool::Entry, u128)> {
         let (name, entry) = self
@@ -894,7 +918,7 @@ impl Allocator {
     ) -> Result<Assignment, AllocationError> {
         if let Some(old) = before
             && let Ok(held) = self
-                .judge(key, intent, &old.ips, STATUS_FIELD)
+                .judge(key, intent, &old.ips, Some(&old.pool), STATUS_FIELD)
                 .and_then(|held| self.complete(key, intent, held))
         {
             self.put_in(key, held.clone());
@@ -907,12 +931,14 @@ impl Allocator {
 
     /// Whether the Service may keep holding `ips` under its current request and the current
     /// pools; returns what it keeps (the address of a family it no longer takes, or whose
-    /// pool it lost, is dropped). The Service must not be holding anything itself.
+    /// pool it lost, is dropped). `previous` is the pool it was recorded with. The Service
+    /// must not be holding anything itself.
     fn judge(
         &self,
         key: &ServiceKey,
         intent: &Intent,
         ips: &Ips,
+        previous: Option<&str>,
         field: &str,
     ) -> Result<Held, AllocationError> {
         let service = || key.clone();
@@ -931,8 +957,11 @@ impl Allocator {
 
         let mut kept: Vec<(IpAddr, &Pool)> = Vec::new();
         let mut lost = None;
+        // Where a frozen pool overlaps a valid one, the Service stays with the pool it asked
+        // for or was recorded with, so an overlap never moves or clears it.
+        let preferred = [intent.pool.as_ref().map(|p| p.name.as_str()), previous];
         for ip in ips.iter() {
-            let found = match self.locate(ip) {
+            let found = match self.locate_preferring(ip, &preferred) {
                 Located::Nowhere => Err(AllocationError::IpInNoPool {
                     service: service(),
                     field: field.into(),
