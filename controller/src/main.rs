@@ -1,1 +1,158 @@
-fn main() {}
+//! The `ferrolb-controller` binary: flags, logging, the operations endpoint, then the backend.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ferrolb_controller::metrics::Metrics;
+use ferrolb_controller::{kubernetes, leader, standalone};
+use ferrolb_daemon::endpoint::{self, Readiness};
+use ferrolb_daemon::statedir::StateDir;
+use ferrolb_daemon::{shutdown, telemetry};
+
+/// FerroLB controller: assigns external IP addresses to LoadBalancer Services from
+/// IPAddressPools, MetalLB-compatible.
+///
+/// With --state-dir it runs standalone on a directory of manifests (IPAddressPools, Services,
+/// Namespaces) and writes each Service's allocation to <dir>/status/.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Flags {
+    /// Run standalone on this directory of manifests instead of a Kubernetes cluster.
+    #[arg(long, env = "FERROLB_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Serve only Services with this spec.loadBalancerClass (default: Services without one).
+    #[arg(long, env = "FERROLB_LB_CLASS", value_name = "CLASS")]
+    lb_class: Option<String>,
+
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "FERROLB_METRICS_ADDR", default_value = "0.0.0.0:7472")]
+    metrics_addr: SocketAddr,
+
+    /// Log line format.
+    #[arg(long, env = "FERROLB_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: telemetry::LogFormat,
+
+    /// Log filter, e.g. `info` or `ferrolb_controller=debug` (RUST_LOG wins when set).
+    #[arg(long, env = "FERROLB_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+
+    /// Namespace holding the IPAddressPools, the leader Lease and (MetalLB's) install.
+    #[arg(long, env = "FERROLB_NAMESPACE", default_value = "metallb-system")]
+    namespace: String,
+
+    /// Elect a leader over a Lease so only one of several replicas writes (Kubernetes only).
+    #[arg(long, env = "FERROLB_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "FERROLB_LEASE_NAME", default_value = "ferrolb-controller")]
+    lease_name: String,
+
+    /// This replica's identity in the election (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    telemetry::init(flags.log_format, &flags.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("ferrolb-controller: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(flags)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("ferrolb-controller: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(flags: Flags) -> Result<(), String> {
+    let metrics = Metrics::new().map_err(|err| format!("cannot register metrics: {err}"))?;
+    let readiness = Readiness::default();
+    let (trigger, stop) = shutdown::channel();
+    tokio::spawn(async move {
+        if let Err(err) = trigger.on_signals().await {
+            tracing::error!("cannot listen for signals: {err}");
+        }
+    });
+    let bound = endpoint::serve(
+        flags.metrics_addr,
+        metrics.registry.clone(),
+        readiness.clone(),
+        stop.clone(),
+    )
+    .await
+    .map_err(|err| format!("cannot serve metrics on {}: {err}", flags.metrics_addr))?;
+    tracing::info!(%bound, "serving /metrics, /healthz, /readyz");
+
+    match flags.state_dir {
+        Some(dir) => {
+            let dir = StateDir::open(&dir).map_err(|err| err.to_string())?;
+            standalone::run(dir, flags.lb_class, metrics, readiness, stop)
+                .await
+                .map_err(|err| err.to_string())
+        }
+        None => run_kubernetes(flags, metrics, readiness, stop).await,
+    }
+}
+
+async fn run_kubernetes(
+    flags: Flags,
+    metrics: Metrics,
+    readiness: Readiness,
+    stop: shutdown::Shutdown,
+) -> Result<(), String> {
+    let client = kube::Client::try_default().await.map_err(|err| {
+        format!(
+            "cannot reach the Kubernetes API (in a pod: its service account; outside: KUBECONFIG): \
+             {err}; to run without Kubernetes, use --state-dir DIR"
+        )
+    })?;
+    let (leading_tx, leading) = tokio::sync::watch::channel(!flags.leader_election);
+    if flags.leader_election {
+        let identity = flags
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("ferrolb-controller-{}", std::process::id()));
+        let leases = kube::Api::namespaced(client.clone(), &flags.namespace);
+        let candidate = leader::Candidate::new(identity, leader::LeaseTimings::default());
+        let gauge = metrics.leader.clone();
+        let mut watched = leading.clone();
+        tokio::spawn(async move {
+            while watched.changed().await.is_ok() {
+                gauge.set(i64::from(*watched.borrow()));
+            }
+        });
+        tokio::spawn(leader::run(
+            leases,
+            flags.lease_name.clone(),
+            candidate,
+            leading_tx,
+            stop.clone(),
+        ));
+    } else {
+        metrics.leader.set(1);
+    }
+    let settings = kubernetes::Settings {
+        namespace: flags.namespace,
+        lb_class: flags.lb_class,
+        reporter: "ferrolb-controller".to_owned(),
+    };
+    kubernetes::run(client, settings, metrics, readiness, leading, stop).await;
+    Ok(())
+}

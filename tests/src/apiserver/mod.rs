@@ -223,10 +223,34 @@ impl ApiServer {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<(), StoreError> {
+        self.delete_inner(api_version, kind, namespace, name, true)
+    }
+
+    /// Like [`ApiServer::delete`], but open watches miss it (see [`ApiServer::apply_unseen`]).
+    pub fn delete_unseen(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        self.delete_inner(api_version, kind, namespace, name, false)
+    }
+
+    fn delete_inner(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+        publish: bool,
+    ) -> Result<(), StoreError> {
         let resource = by_kind(api_version, kind)
             .ok_or_else(|| StoreError::Invalid(format!("unknown kind {api_version} {kind}")))?;
         let (_, change) = lock(&self.shared.store).delete(resource, namespace, name)?;
-        let _ = self.changes.send(change);
+        if publish {
+            let _ = self.changes.send(change);
+        }
         Ok(())
     }
 

@@ -1,0 +1,134 @@
+//! The real `ferrolb-controller` binary in standalone mode on a directory: it allocates, reacts
+//! to edits quickly (inotify, not polling), writes status files atomically, and keeps every IP
+//! across restarts without rewriting anything.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrolb_daemon::statedir::{StateDir, Watch};
+
+const POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lan, namespace: metallb-system}\nspec:\n  addresses: [10.250.0.100-10.250.0.102]\n";
+
+fn service(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n"
+    )
+}
+
+/// The controller process, killed on drop (also when the test fails).
+struct Controller(Child);
+
+impl Controller {
+    fn start(dir: &Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_ferrolb-controller"))
+            .args([
+                "--state-dir",
+                dir.to_str().unwrap(),
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Controller(child)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status_ip(dir: &Path, name: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(dir.join(format!("status/services/demo/{name}.yaml"))).ok()?;
+    let value: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    value
+        .pointer("/status/loadBalancer/ingress/0/ip")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+}
+
+/// Waits, on file events, until `check` holds; returns how long that took.
+async fn wait_until(state: &StateDir, what: &str, check: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    let mut changes = state.watch(Watch::All).unwrap();
+    while !check() {
+        let left = Duration::from_secs(10).saturating_sub(start.elapsed());
+        assert!(!left.is_zero(), "timed out waiting for {what}");
+        let _ = tokio::time::timeout(left, changes.changed()).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn allocates_reacts_and_survives_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let state = StateDir::open(dir).unwrap();
+    state.write_atomic("pool.yaml", POOL).unwrap();
+    state
+        .write_atomic("apps/web.yaml", &service("web"))
+        .unwrap();
+
+    let controller = Controller::start(dir);
+    wait_until(&state, "web's IP", || status_ip(dir, "web").is_some()).await;
+    assert_eq!(status_ip(dir, "web").as_deref(), Some("10.250.0.100"));
+
+    // A new Service is noticed and allocated quickly.
+    let started = Instant::now();
+    state
+        .write_atomic("apps/api.yaml", &service("api"))
+        .unwrap();
+    wait_until(&state, "api's IP", || status_ip(dir, "api").is_some()).await;
+    let reaction = started.elapsed();
+    eprintln!("standalone controller reacted in {reaction:?}");
+    assert!(reaction < Duration::from_secs(1), "reacted in {reaction:?}");
+    assert_eq!(status_ip(dir, "api").as_deref(), Some("10.250.0.101"));
+
+    // Five restarts: same IPs, and no status file is rewritten.
+    drop(controller);
+    let written = |name: &str| {
+        std::fs::metadata(dir.join(format!("status/services/demo/{name}.yaml")))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let before = (written("web"), written("api"));
+    for _ in 0..5 {
+        // A third Service appears while the controller is down, so each run has work to do
+        // and its completion is observable: the pending Service's status file.
+        let _ = std::fs::remove_file(dir.join("apps/late.yaml"));
+        let _ = std::fs::remove_file(dir.join("status/services/demo/late.yaml"));
+        state
+            .write_atomic("apps/late.yaml", &service("late"))
+            .unwrap();
+        let controller = Controller::start(dir);
+        wait_until(&state, "late's IP", || status_ip(dir, "late").is_some()).await;
+        drop(controller);
+        assert_eq!(status_ip(dir, "web").as_deref(), Some("10.250.0.100"));
+        assert_eq!(status_ip(dir, "api").as_deref(), Some("10.250.0.101"));
+        assert_eq!(status_ip(dir, "late").as_deref(), Some("10.250.0.102"));
+    }
+    assert_eq!(
+        (written("web"), written("api")),
+        before,
+        "a restart rewrote a valid status"
+    );
+
+    // Deleting a Service frees its IP, and its status file goes away.
+    let controller = Controller::start(dir);
+    wait_until(&state, "the restart", || status_ip(dir, "late").is_some()).await;
+    std::fs::remove_file(dir.join("apps/web.yaml")).unwrap();
+    wait_until(&state, "web's status removed", || {
+        status_ip(dir, "web").is_none()
+    })
+    .await;
+    drop(controller);
+}
