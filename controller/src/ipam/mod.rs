@@ -40,7 +40,6 @@
 mod error;
 mod pool;
 mod runs;
-mod selector;
 mod service;
 mod sharing;
 

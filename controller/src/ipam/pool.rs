@@ -11,8 +11,8 @@ use ferrolb_proto::api::{
 };
 
 use super::runs::RunSet;
-use super::selector::matches;
 use super::service::Intent;
+use ferrolb_proto::api::selector::matches;
 
 /// One `spec.addresses` entry with the ordinals taken from it.
 ///

@@ -8,6 +8,7 @@ pub mod crd;
 pub mod l2status;
 pub mod manifest;
 pub mod pool;
+pub mod selector;
 pub mod state;
 pub mod validation;
 

@@ -1,4 +1,5 @@
-//! Kubernetes label-selector matching, for serviceAllocation's namespace and Service selectors.
+//! Kubernetes label-selector matching, as the API server reads selectors: serviceAllocation,
+//! L2Advertisement pool, node and Service selectors.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 ///
 /// An unknown operator selects nothing: a pool restricted by a selector we cannot read must
 /// not quietly open to every Service.
-pub(crate) fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     let pairs_hold = selector
         .match_labels
         .iter()
