@@ -83,6 +83,16 @@ struct Probe {
     indirect_sent: bool,
 }
 
+/// An out-of-turn ping to a member someone else suspects: if it fails too, this node confirms
+/// the suspicion, which brings every timer to its minimum within one probe interval instead of
+/// waiting for other members' regular turns.
+#[derive(Debug, Clone)]
+struct Check {
+    target: String,
+    seq: u32,
+    deadline: Instant,
+}
+
 /// A ping this node sends on behalf of another member's indirect probe.
 #[derive(Debug, Clone)]
 struct Relay {
@@ -147,6 +157,7 @@ pub struct Swim {
     probe_pos: usize,
     probe: Option<Probe>,
     relays: Vec<Relay>,
+    checks: Vec<Check>,
     suspicions: BTreeMap<String, Suspicion>,
     queue: Vec<Queued>,
     next_probe: Instant,
@@ -196,6 +207,7 @@ impl Swim {
             probe_pos: 0,
             probe: None,
             relays: Vec::new(),
+            checks: Vec::new(),
             suspicions: BTreeMap::new(),
             queue: Vec::new(),
             last_tick: None,
@@ -295,6 +307,9 @@ impl Swim {
         for s in self.suspicions.values() {
             at = at.min(s.deadline());
         }
+        for c in &self.checks {
+            at = at.min(c.deadline);
+        }
         if self.is_alone() && !self.seeds.is_empty() {
             at = at.min(self.next_join);
         }
@@ -312,7 +327,9 @@ impl Swim {
             return Vec::new();
         }
         let sender = packet.sender;
-        let unknown = !self.members.contains_key(&sender);
+        // A push-pull already carries (and may ask for) whole tables.
+        let unknown = !self.members.contains_key(&sender)
+            && !matches!(packet.message, Message::PushPull { .. });
         for update in packet.updates {
             self.apply(update, Some(&sender), now);
         }
@@ -380,6 +397,10 @@ impl Swim {
             self.probe = None;
             return;
         }
+        if let Some(i) = self.checks.iter().position(|c| c.seq == seq) {
+            self.checks.swap_remove(i);
+            return;
+        }
         if let Some(i) = self.relays.iter().position(|r| r.seq == seq) {
             let relay = self.relays.swap_remove(i);
             self.send(
@@ -405,6 +426,7 @@ impl Swim {
 
         if !self.leaving {
             self.tick_probe(now, stalled);
+            self.tick_checks(now, stalled);
             self.tick_suspicions(now);
         }
         self.tick_gossip(now);
@@ -494,6 +516,29 @@ impl Swim {
         // Tell the suspect at once: if it is alive it refutes in one round trip instead of
         // waiting for the rumour to reach it.
         self.send_with(address, target, Message::Gossip, Some(suspect));
+    }
+
+    fn tick_checks(&mut self, now: Instant, stalled: bool) {
+        let (due, pending): (Vec<Check>, Vec<Check>) = std::mem::take(&mut self.checks)
+            .into_iter()
+            .partition(|c| now >= c.deadline);
+        self.checks = pending;
+        if stalled {
+            return;
+        }
+        for check in due {
+            let Some(entry) = self.members.get(&check.target) else {
+                continue;
+            };
+            if entry.state == MemberState::Suspect {
+                let confirm = Update::Suspect {
+                    member: check.target,
+                    incarnation: entry.incarnation,
+                    from: self.name.clone(),
+                };
+                self.apply(confirm, None, now);
+            }
+        }
     }
 
     fn tick_suspicions(&mut self, now: Instant) {
@@ -632,6 +677,7 @@ impl Swim {
         }
         self.leaving = true;
         self.probe = None;
+        self.checks.clear();
         self.suspicions.clear();
         let leave = Update::Leave {
             member: self.name.clone(),
@@ -749,6 +795,16 @@ impl Swim {
                         entry.state = MemberState::Suspect;
                         entry.incarnation = incarnation;
                         entry.since = now;
+                        let address = entry.address;
+                        if from != self.name && !self.leaving {
+                            let seq = self.next_probe_seq();
+                            self.checks.push(Check {
+                                target: member.clone(),
+                                seq,
+                                deadline: now + self.config.probe_interval,
+                            });
+                            self.send(address, &member, Message::Ping { seq });
+                        }
                         let suspicion = self.new_suspicion(&from, n, now);
                         self.suspicions.insert(member.clone(), suspicion);
                         self.event(Event::MemberSuspect {
@@ -1113,5 +1169,242 @@ fn record_update(record: MemberRecord, sender: &str) -> Update {
             member: name,
             incarnation,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 250, 0, i], 7946))
+    }
+
+    fn node(i: u8, now: Instant) -> Swim {
+        Swim::new(
+            format!("n{i}"),
+            addr(i),
+            1,
+            vec![],
+            Config::default(),
+            u64::from(i),
+            now,
+        )
+    }
+
+    fn packet(sender: &str, to: &str, message: Message, updates: Vec<Update>) -> Packet {
+        Packet {
+            sender: sender.into(),
+            epoch: 1,
+            seq: 0,
+            to: to.into(),
+            message,
+            updates,
+        }
+    }
+
+    fn sends(outputs: &[Output]) -> Vec<&Packet> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { packet, .. } => Some(packet),
+                Output::Event(_) => None,
+            })
+            .collect()
+    }
+
+    fn alive(i: u8, incarnation: u64) -> Update {
+        Update::Alive {
+            member: format!("n{i}"),
+            incarnation,
+            address: addr(i),
+        }
+    }
+
+    #[test]
+    fn a_suspicion_of_me_is_refuted_to_the_accuser() {
+        let now = Instant::now();
+        let mut n1 = node(1, now);
+        n1.handle(
+            addr(2),
+            packet("n2", "n1", Message::Gossip, vec![alive(2, 0)]),
+            now,
+        );
+        let suspect = Update::Suspect {
+            member: "n1".into(),
+            incarnation: 0,
+            from: "n2".into(),
+        };
+        let out = n1.handle(
+            addr(2),
+            packet("n2", "n1", Message::Gossip, vec![suspect]),
+            now,
+        );
+        assert_eq!(n1.incarnation(), 1);
+        assert!(out.contains(&Output::Event(Event::Refuted { incarnation: 1 })));
+        let refutation = sends(&out)
+            .into_iter()
+            .find(|p| p.to == "n2")
+            .expect("a datagram straight to the accuser");
+        assert!(refutation.updates.contains(&alive(1, 1)), "{refutation:?}");
+    }
+
+    #[test]
+    fn stale_news_changes_nothing() {
+        let now = Instant::now();
+        let mut n1 = node(1, now);
+        n1.handle(
+            addr(2),
+            packet("n2", "n1", Message::Gossip, vec![alive(3, 5)]),
+            now,
+        );
+        let old_death = Update::Dead {
+            member: "n3".into(),
+            incarnation: 4,
+            from: "n2".into(),
+        };
+        let out = n1.handle(
+            addr(2),
+            packet("n2", "n1", Message::Gossip, vec![old_death]),
+            now,
+        );
+        assert!(
+            out.iter().all(|o| !matches!(o, Output::Event(_))),
+            "{out:?}"
+        );
+        assert_eq!(n1.state_of("n3"), Some(MemberState::Alive));
+        // A suspicion of an unknown member is not a membership.
+        let out = n1.handle(
+            addr(2),
+            packet(
+                "n2",
+                "n1",
+                Message::Gossip,
+                vec![Update::Suspect {
+                    member: "ghost".into(),
+                    incarnation: 9,
+                    from: "n2".into(),
+                }],
+            ),
+            now,
+        );
+        assert_eq!(n1.state_of("ghost"), None, "{out:?}");
+    }
+
+    #[test]
+    fn a_ping_is_acked_and_an_unanswered_probe_leads_to_suspicion() {
+        let t0 = Instant::now();
+        let mut n1 = node(1, t0);
+        n1.handle(
+            addr(2),
+            packet("n2", "n1", Message::Gossip, vec![alive(2, 0), alive(3, 0)]),
+            t0,
+        );
+        let out = n1.handle(
+            addr(2),
+            packet("n2", "n1", Message::Ping { seq: 77 }, vec![]),
+            t0,
+        );
+        assert!(
+            sends(&out)
+                .iter()
+                .any(|p| p.message == Message::Ack { seq: 77 })
+        );
+        // Run the clock; nobody answers n1's probes.
+        let mut t = t0;
+        let mut suspected = false;
+        for _ in 0..100 {
+            t += Duration::from_millis(10);
+            let out = n1.tick(t);
+            suspected |= out
+                .iter()
+                .any(|o| matches!(o, Output::Event(Event::MemberSuspect { by, .. }) if by == "n1"));
+            if sends(&out)
+                .iter()
+                .any(|p| matches!(p.message, Message::PingReq { .. }))
+            {
+                assert!(!suspected, "indirect probes come before suspicion");
+            }
+        }
+        assert!(suspected);
+    }
+
+    #[test]
+    fn every_datagram_fits_the_budget_however_much_is_queued() {
+        let now = Instant::now();
+        let mut n1 = node(1, now);
+        let updates: Vec<Update> = (0..200u16)
+            .map(|i| Update::Alive {
+                member: format!("a-rather-long-node-name-for-padding-{i:04}.example.internal"),
+                incarnation: u64::from(i),
+                address: SocketAddr::from(([10, 250, (i / 250) as u8, (i % 250) as u8], 7946)),
+            })
+            .collect();
+        for chunk in updates.chunks(50) {
+            n1.handle(
+                addr(2),
+                packet("n2", "n1", Message::Gossip, chunk.to_vec()),
+                now,
+            );
+        }
+        // A join reply carries the whole table in several datagrams.
+        let out = n1.handle(
+            addr(9),
+            packet(
+                "n9",
+                "",
+                Message::PushPull {
+                    want_reply: true,
+                    members: vec![],
+                },
+                vec![],
+            ),
+            now,
+        );
+        let replies = sends(&out);
+        assert!(replies.len() > 5, "{} datagrams", replies.len());
+        for p in replies
+            .iter()
+            .chain(sends(&n1.tick(now + Duration::from_millis(60))).iter())
+        {
+            assert!(
+                p.encoded_len() + ENVELOPE_OVERHEAD <= 1200,
+                "{}",
+                p.encoded_len()
+            );
+        }
+        let wanted = replies
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.message,
+                    Message::PushPull {
+                        want_reply: true,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(wanted, 0, "a reply never asks for a reply");
+    }
+
+    #[test]
+    fn poll_at_moves_forward_after_a_tick() {
+        let t0 = Instant::now();
+        let mut n1 = node(1, t0);
+        n1.handle(
+            addr(2),
+            packet("n2", "n1", Message::Gossip, vec![alive(2, 0)]),
+            t0,
+        );
+        let mut t = t0;
+        for _ in 0..200 {
+            t = n1.poll_at().max(t);
+            n1.tick(t);
+            assert!(n1.poll_at() > t);
+        }
+        n1.leave(t);
+        n1.tick(t);
+        assert!(n1.poll_at() > t, "a leaving node does not spin");
     }
 }
