@@ -1,6 +1,7 @@
 //! FerroLB's speaker: makes the LAN send each Service IP's traffic to exactly one node, by
 //! answering ARP and NDP for the IPs this node owns.
 //!
+//! - [`announcements`]: which node announces each Service (the pure decision over all inputs).
 //! - [`interfaces`]: which links may announce (MetalLB's rules), and a netlink link watcher.
 //! - [`responder`]: the pure decision for one received frame (answer, ignore, or conflict).
 //! - [`gratuitous`]: the schedule of announcements after a takeover.
@@ -8,6 +9,7 @@
 //! - [`socket`]: the filtered AF_PACKET socket of one interface, handed to pnet.
 //! - [`announcer`]: the threads that put these together; what the rest of the speaker drives.
 
+pub mod announcements;
 pub mod announcer;
 pub mod conflict;
 pub mod gratuitous;
