@@ -537,3 +537,95 @@ print(sent)
     );
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn a_link_that_comes_up_later_is_picked_up_from_netlink_events() {
+    lab_or_skip!("arping");
+    let lab = Lab::builder().nodes(1).build().unwrap();
+    let (client, n1) = (lab.client(), lab.node(1).unwrap());
+    n1.ns().ip(["link", "set", "eth0", "down"]).unwrap();
+    let s = speaker(n1, &["-i", "eth0", "--ip", &VIP.to_string()]);
+    wait_for_log(&s, "no eligible interface", READY);
+
+    let up = Instant::now();
+    n1.ns().ip(["link", "set", "eth0", "up"]).unwrap();
+    arping_until(client.ns(), "eth0", VIP, Duration::from_secs(5), |macs| {
+        macs == [n1.mac()]
+    })
+    .unwrap();
+    eprintln!("answering {:?} after the link came up", up.elapsed());
+
+    // Down again: nothing to announce on (the socket reports the link as down, or the link
+    // event closes it first); up again: it answers again.
+    n1.ns().ip(["link", "set", "eth0", "down"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.log().unwrap().matches("no eligible interface").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "link down not noticed: {}",
+            s.log().unwrap()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    n1.ns().ip(["link", "set", "eth0", "up"]).unwrap();
+    arping_until(client.ns(), "eth0", VIP, Duration::from_secs(5), |macs| {
+        macs == [n1.mac()]
+    })
+    .unwrap();
+}
+
+/// Request-to-reply time on the client's wire for `target`, from capture timestamps: each
+/// broadcast request from the client paired with the next reply for the same IP.
+fn reply_latencies(frames: &[CapturedFrame], client: MacAddr, target: Ipv4Addr) -> Vec<f64> {
+    let mut pending: Option<SystemTime> = None;
+    let mut out = Vec::new();
+    for f in frames {
+        let Some(arp) = arp_of(f) else { continue };
+        if arp.operation == ArpOperation::Request
+            && arp.source_hardware_addr == client
+            && arp.target_protocol_addr == target
+        {
+            pending = Some(f.ts);
+        } else if arp.operation == ArpOperation::Reply
+            && arp.source_protocol_addr == target
+            && let Some(sent) = pending.take()
+        {
+            out.push(secs(sent, f.ts) * 1e6);
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+/// Not a pass/fail test: prints the speaker's ARP reply latency next to the kernel's
+/// (`cargo test -p ferrolb-speaker --release --test announcer -- --ignored --nocapture`).
+#[test]
+#[ignore = "a measurement; run on demand"]
+fn measure_arp_reply_latency_against_the_kernel() {
+    lab_or_skip!("arping");
+    let lab = Lab::builder().nodes(1).build().unwrap();
+    let (client, n1) = (lab.client(), lab.node(1).unwrap());
+    let _s = speaker(
+        n1,
+        &["-i", "eth0", "--ip", &VIP.to_string(), "--log", "info"],
+    );
+    arping_until(client.ns(), "eth0", VIP, READY, |macs| !macs.is_empty()).unwrap();
+    for (who, target) in [("ferrolb", VIP), ("kernel", n1.ipv4())] {
+        let capture = client.ns().capture("eth0", "arp").unwrap();
+        arping(client.ns(), "eth0", target, 500, Duration::from_millis(4)).unwrap();
+        let frames = capture.stop().unwrap();
+        let lat = reply_latencies(&frames, client.mac(), target);
+        let pct = |p: f64| {
+            let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+            lat.get(i).copied().unwrap_or(f64::NAN)
+        };
+        eprintln!(
+            "{who:8} n={} median {:.1} us, p90 {:.1} us, p99 {:.1} us, max {:.1} us",
+            lat.len(),
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! The announcer library driven through its API inside lab nodes, the way the election will
+//! drive it: ownership moves from one node to another with `set_owned`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use ferrolb_e2e::tools::arping_until;
+use ferrolb_e2e::{CapturedFrame, Lab, lab_or_skip};
+use ferrolb_proto::wire::{self, ArpOperation, Frame, MacAddr};
+use ferrolb_speaker::interfaces::{self, Link};
+use ferrolb_speaker::{Announcer, AnnouncerConfig, Event, Events, Intent};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 100);
+
+/// Runs `f` on a thread that entered the network namespace `ns` (threads it spawns, like the
+/// announcer's, inherit it).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("the thread in {ns} panicked"))
+}
+
+/// The links of the calling thread's namespace, read once over netlink.
+fn links() -> Vec<Link> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    runtime.block_on(async {
+        let (connection, handle, _) = rtnetlink::new_connection().expect("a netlink socket");
+        tokio::spawn(connection);
+        interfaces::list(&handle).await.expect("the link list")
+    })
+}
+
+fn start_in(ns: &str) -> (Announcer, Events) {
+    in_netns(ns, || {
+        let (announcer, events) =
+            Announcer::start(AnnouncerConfig::default()).expect("the announcer starts");
+        announcer.set_links(links());
+        (announcer, events)
+    })
+}
+
+fn owned(ip: Ipv4Addr) -> BTreeMap<IpAddr, Intent> {
+    let intent = Intent {
+        interfaces: vec!["eth0".to_owned()],
+        probe_first: false,
+    };
+    [(IpAddr::from(ip), intent)].into()
+}
+
+fn replies(frames: &[CapturedFrame]) -> Vec<(SystemTime, MacAddr)> {
+    frames
+        .iter()
+        .filter_map(|f| match wire::parse_frame(&f.data) {
+            Ok(Frame::Arp { arp, .. })
+                if arp.operation == ArpOperation::Reply
+                    && arp.source_protocol_addr == VIP
+                    && !arp.is_gratuitous() =>
+            {
+                Some((f.ts, arp.source_hardware_addr))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn secs(a: SystemTime, b: SystemTime) -> f64 {
+    match b.duration_since(a) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+#[test]
+fn set_owned_moves_the_answers_at_once() {
+    lab_or_skip!("arping");
+    let lab = Lab::builder().nodes(2).build().unwrap();
+    let (client, n1, n2) = (lab.client(), lab.node(1).unwrap(), lab.node(2).unwrap());
+    let (a1, _events1) = start_in(n1.namespace());
+    let (a2, mut events2) = start_in(n2.namespace());
+
+    a1.set_owned(owned(VIP));
+    arping_until(client.ns(), "eth0", VIP, Duration::from_secs(10), |macs| {
+        macs == [n1.mac()]
+    })
+    .unwrap();
+
+    let capture = client.ns().capture("eth0", "arp").unwrap();
+    let _prober = client
+        .ns()
+        .spawn([
+            "arping",
+            "-i",
+            "eth0",
+            "-W",
+            "0.01",
+            "-w",
+            "20",
+            &VIP.to_string(),
+        ])
+        .unwrap();
+    capture
+        .wait_for("answers from node 1", Duration::from_secs(5), |f| {
+            replies(f).len() >= 5
+        })
+        .unwrap();
+    let moved = SystemTime::now();
+    a1.set_owned(BTreeMap::new());
+    a2.set_owned(owned(VIP));
+    capture
+        .wait_for("answers from node 2", Duration::from_secs(5), |f| {
+            replies(f)
+                .iter()
+                .filter(|(_, mac)| *mac == n2.mac())
+                .count()
+                >= 5
+        })
+        .unwrap();
+    let frames = capture.stop().unwrap();
+
+    let all = replies(&frames);
+    let last_n1 = all
+        .iter()
+        .filter(|(_, mac)| *mac == n1.mac())
+        .map(|(ts, _)| *ts)
+        .max()
+        .unwrap();
+    let first_n2 = all
+        .iter()
+        .filter(|(_, mac)| *mac == n2.mac())
+        .map(|(ts, _)| *ts)
+        .min()
+        .unwrap();
+    assert!(
+        secs(moved, last_n1) < 0.05,
+        "node 1 stops answering at once: last answer {:.3} s after set_owned",
+        secs(moved, last_n1)
+    );
+    assert!(
+        all.iter()
+            .all(|(_, mac)| *mac == n1.mac() || *mac == n2.mac()),
+        "{all:?}"
+    );
+    let gratuitous_from_n2 = frames
+        .iter()
+        .filter(|f| {
+            matches!(wire::parse_frame(&f.data), Ok(Frame::Arp { arp, .. })
+                if arp.is_gratuitous() && arp.source_hardware_addr == n2.mac())
+        })
+        .count();
+    assert!(gratuitous_from_n2 >= 2, "takeover announced by node 2");
+    eprintln!(
+        "last node-1 answer {:.1} ms after set_owned, first node-2 answer {:.1} ms after",
+        secs(moved, last_n1) * 1e3,
+        secs(moved, first_n2) * 1e3
+    );
+
+    // The API's own account of it.
+    let Ok(event) = events2.try_recv() else {
+        panic!("node 2 reported nothing")
+    };
+    assert!(
+        matches!(&event, Event::Announcing { ip, interfaces } if *ip == IpAddr::from(VIP) && interfaces == &["eth0"]),
+        "{event:?}"
+    );
+    let stats = a2.stats();
+    let vip = stats
+        .ips
+        .get(&IpAddr::from(VIP))
+        .copied()
+        .unwrap_or_default();
+    assert!(
+        vip.replies_sent >= 5 && vip.requests_received >= vip.replies_sent,
+        "{vip:?}"
+    );
+    assert!(vip.gratuitous_sent >= 2, "{vip:?}");
+    a1.shutdown();
+    a2.shutdown();
+}
