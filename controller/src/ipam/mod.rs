@@ -809,7 +809,7 @@ impl Allocator {
     fn sharing_key(&self, key: &ServiceKey) -> Option<Box<str>> {
         self.services
             .get(key)
-            .and_then(|r| r.intent.sharing.as_ref())
+            .and_then(|r| r.intent.sharing())
             .map(|s| s.key.clone())
     }
 
@@ -942,7 +942,7 @@ impl Allocator {
     ) -> Result<Held, AllocationError> {
         let service = || key.clone();
         let value = ips.text();
-        if let Some(requested) = &intent.ips
+        if let Some(requested) = intent.ips()
             && !requested.ips.same_set(ips)
         {
             return Err(AllocationError::NotRequested {
@@ -958,7 +958,7 @@ impl Allocator {
         let mut lost = None;
         // Where a frozen pool overlaps a valid one, the Service stays with the pool it asked
         // for or was recorded with, so an overlap never moves or clears it.
-        let preferred = [intent.pool.as_ref().map(|p| p.name.as_str()), previous];
+        let preferred = [intent.pool().map(|p| p.name.as_str()), previous];
         for ip in ips.iter() {
             let found = match self.locate_preferring(ip, &preferred) {
                 Located::Nowhere => Err(AllocationError::IpInNoPool {
@@ -987,7 +987,7 @@ impl Allocator {
             }
         }
         if let Some(error) = lost
-            && (intent.ips.is_some() || kept.is_empty())
+            && (intent.ips().is_some() || kept.is_empty())
         {
             return Err(error);
         }
@@ -1007,7 +1007,7 @@ impl Allocator {
             });
         };
         if let Some((other, other_pool)) = kept.iter().find(|(_, p)| p.name != pool.name) {
-            if intent.ips.is_some() {
+            if intent.ips().is_some() {
                 let (first, _) = kept
                     .iter()
                     .find(|(_, p)| p.name == pool.name)
@@ -1043,7 +1043,7 @@ impl Allocator {
                 });
             }
         }
-        if let Some(named) = &intent.pool
+        if let Some(named) = intent.pool()
             && named.name != *pool.name
         {
             return Err(AllocationError::IpOutsidePool {
@@ -1066,7 +1066,7 @@ impl Allocator {
             self.may_share(key, intent, *ip, field, &value)?;
         }
 
-        let ips = match (&intent.ips, kept.as_slice()) {
+        let ips = match (intent.ips(), kept.as_slice()) {
             (Some(requested), _) => requested.ips,
             (None, [(a, _), (b, _)]) => Ips::v4_first(*a, *b),
             (None, _) => Ips::one(kept.first().map_or(ips.first(), |(ip, _)| *ip)),
@@ -1086,7 +1086,9 @@ impl Allocator {
         intent: &Intent,
         held: Held,
     ) -> Result<Held, AllocationError> {
-        if held.ips.len() == 2 || intent.policy == FamilyPolicy::SingleStack || intent.ips.is_some()
+        if held.ips.len() == 2
+            || intent.policy == FamilyPolicy::SingleStack
+            || intent.ips().is_some()
         {
             return Ok(held);
         }
@@ -1123,19 +1125,14 @@ impl Allocator {
             return Ok(());
         };
         for other in holders.iter().filter(|k| *k != key) {
-            let theirs = self
-                .services
-                .get(other)
-                .and_then(|r| r.intent.sharing.as_deref());
-            compatible(intent.sharing.as_deref(), theirs).map_err(|why| {
-                AllocationError::IpInUse {
-                    service: key.clone(),
-                    field: field.into(),
-                    value: value.into(),
-                    ip,
-                    other: other.clone(),
-                    why,
-                }
+            let theirs = self.services.get(other).and_then(|r| r.intent.sharing());
+            compatible(intent.sharing(), theirs).map_err(|why| AllocationError::IpInUse {
+                service: key.clone(),
+                field: field.into(),
+                value: value.into(),
+                ip,
+                other: other.clone(),
+                why,
             })?;
         }
         Ok(())
@@ -1143,10 +1140,10 @@ impl Allocator {
 
     /// New addresses for a Service that holds none.
     fn allocate(&self, key: &ServiceKey, intent: &Intent) -> Result<Held, AllocationError> {
-        if let Some(requested) = &intent.ips {
+        if let Some(requested) = intent.ips() {
             return self.allocate_requested(key, intent, requested);
         }
-        if let Some(named) = &intent.pool {
+        if let Some(named) = intent.pool() {
             return self.allocate_named(key, intent, named);
         }
         self.allocate_auto(key, intent)
@@ -1161,13 +1158,13 @@ impl Allocator {
         let service = || key.clone();
         let field = || requested.field.clone();
         let value = || requested.value.clone();
-        if let Some(named) = &intent.pool {
+        if let Some(named) = intent.pool() {
             self.named_pool(key, named)?;
         }
         let mut anchor: Option<(IpAddr, &Pool)> = None;
         for ip in requested.ips.iter() {
             let located = self.locate(ip);
-            if let Some(named) = &intent.pool {
+            if let Some(named) = intent.pool() {
                 let found = match &located {
                     Located::Valid { pool, .. } | Located::Frozen { pool, .. } => Some(&pool.name),
                     Located::Nowhere => None,
@@ -1401,8 +1398,7 @@ impl Allocator {
     ) -> Option<IpAddr> {
         let free = pool.first_free(family);
         let shareable = intent
-            .sharing
-            .as_ref()
+            .sharing()
             .and_then(|s| self.shared.get(&s.key))
             .and_then(|ips| {
                 ips.iter()

@@ -304,37 +304,38 @@ impl ServiceRequest {
                     annotation: found.key_used,
                 });
             }
-            Some(found) => Some(Box::new(PoolRequest {
+            Some(found) => Some(PoolRequest {
                 annotation: found.key_used,
                 name: found.value.trim().to_owned(),
-            })),
+            }),
         };
 
         let sharing = ServiceAnnotation::AllowSharedIp
             .lookup(&self.annotations)
             .map(|found| found.value.trim())
             .filter(|key| !key.is_empty())
-            .map(|key| Box::new(Sharing::new(key, self.backend.clone(), &self.ports)));
+            .map(|key| Sharing::new(key, self.backend.clone(), &self.ports));
 
-        let labels = (!self.labels.is_empty() || !self.namespace_labels.is_empty()).then(|| {
-            Box::new(Labels {
+        let labels =
+            (!self.labels.is_empty() || !self.namespace_labels.is_empty()).then(|| Labels {
                 service: self.labels.clone(),
                 namespace: self.namespace_labels.clone(),
-            })
-        });
+            });
 
-        Ok(Intent {
-            ips,
-            pool,
-            sharing,
-            labels,
-            policy: self.family_policy,
+        Ok(Intent::new(
+            Extras {
+                ips,
+                pool,
+                sharing,
+                labels,
+            },
+            self.family_policy,
             primary,
-        })
+        ))
     }
 
     /// Parses a requested address list and checks it fits the Service's family policy.
-    fn requested(&self, field: String, value: &str) -> Result<Box<Requested>, AllocationError> {
+    fn requested(&self, field: String, value: &str) -> Result<Requested, AllocationError> {
         let service = || self.key.clone();
         let mut ips: Vec<IpAddr> = Vec::new();
         for item in value.split(',').map(str::trim) {
@@ -403,11 +404,11 @@ impl ServiceRequest {
             }
             FamilyPolicy::RequireDualStack | FamilyPolicy::PreferDualStack => {}
         }
-        Ok(Box::new(Requested {
+        Ok(Requested {
             field,
             value: value.to_owned(),
             ips,
-        }))
+        })
     }
 }
 
@@ -538,16 +539,21 @@ pub(crate) struct Labels {
     pub namespace: BTreeMap<String, String>,
 }
 
-/// What a Service asks for, read and checked; what the allocator remembers of it. Rarely used
-/// parts are boxed so an ordinary Service costs a few dozen bytes.
+/// What a Service asks for, read and checked; what the allocator remembers of it. Everything
+/// but the family policy is rare, so it sits behind one box: an ordinary Service costs 16 bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Intent {
-    pub ips: Option<Box<Requested>>,
-    pub pool: Option<Box<PoolRequest>>,
-    pub sharing: Option<Box<Sharing>>,
-    pub labels: Option<Box<Labels>>,
+    extras: Option<Box<Extras>>,
     pub policy: FamilyPolicy,
     pub primary: Option<IpFamily>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Extras {
+    ips: Option<Requested>,
+    pool: Option<PoolRequest>,
+    sharing: Option<Sharing>,
+    labels: Option<Labels>,
 }
 
 impl Intent {
@@ -559,32 +565,55 @@ impl Intent {
             .lookup(&request.annotations)
             .map(|found| found.value.trim())
             .filter(|key| !key.is_empty())
-            .map(|key| Box::new(Sharing::new(key, request.backend.clone(), &request.ports)));
-        let labels = Some(Box::new(Labels {
+            .map(|key| Sharing::new(key, request.backend.clone(), &request.ports));
+        let labels = Some(Labels {
             service: request.labels.clone(),
             namespace: request.namespace_labels.clone(),
-        }));
-        Intent {
-            ips: None,
-            pool: None,
-            sharing,
-            labels,
+        });
+        Intent::new(
+            Extras {
+                ips: None,
+                pool: None,
+                sharing,
+                labels,
+            },
             // Whatever family the held address has, and no second one added.
-            policy: if held > 1 {
+            if held > 1 {
                 FamilyPolicy::PreferDualStack
             } else {
                 FamilyPolicy::SingleStack
             },
-            primary: None,
+            None,
+        )
+    }
+
+    fn new(extras: Extras, policy: FamilyPolicy, primary: Option<IpFamily>) -> Intent {
+        let extras = (extras != Extras::default()).then(|| Box::new(extras));
+        Intent {
+            extras,
+            policy,
+            primary,
         }
     }
 
+    pub(crate) fn ips(&self) -> Option<&Requested> {
+        self.extras.as_ref()?.ips.as_ref()
+    }
+
+    pub(crate) fn pool(&self) -> Option<&PoolRequest> {
+        self.extras.as_ref()?.pool.as_ref()
+    }
+
+    pub(crate) fn sharing(&self) -> Option<&Sharing> {
+        self.extras.as_ref()?.sharing.as_ref()
+    }
+
     pub(crate) fn service_labels(&self) -> Option<&BTreeMap<String, String>> {
-        self.labels.as_ref().map(|l| &l.service)
+        self.extras.as_ref()?.labels.as_ref().map(|l| &l.service)
     }
 
     pub(crate) fn namespace_labels(&self) -> Option<&BTreeMap<String, String>> {
-        self.labels.as_ref().map(|l| &l.namespace)
+        self.extras.as_ref()?.labels.as_ref().map(|l| &l.namespace)
     }
 
     /// The family a single-stack allocation takes: the primary one, or either when unknown.
