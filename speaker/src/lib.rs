@@ -7,6 +7,9 @@
 //! - [`gratuitous`]: the schedule of announcements after a takeover.
 //! - [`conflict`]: RFC 5227 / DAD probing before a first announcement.
 //! - [`socket`]: the filtered AF_PACKET socket of one interface, handed to pnet.
+//! - [`node`]: the loop on one node: decisions in, announcer and reports out.
+//! - [`standalone`]: the backend over the shared state directory.
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`announcer`]: the threads that put these together; what the rest of the speaker drives.
 
 pub mod announcements;
@@ -15,7 +18,10 @@ pub mod conflict;
 pub mod gratuitous;
 pub mod interfaces;
 pub mod membership;
+pub mod metrics;
+pub mod node;
 pub mod responder;
 pub mod socket;
+pub mod standalone;
 
 pub use announcer::{Announcer, AnnouncerConfig, Event, Events, Intent, Stats};

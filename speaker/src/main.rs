@@ -1,14 +1,24 @@
 //! The `ferrolb-speaker` binary: flags, logging, and the wiring of the library's parts.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+use ferrolb_daemon::endpoint::{self, Readiness};
+use ferrolb_daemon::shutdown;
+use ferrolb_daemon::statedir::StateDir;
+use ferrolb_daemon::telemetry;
+use ferrolb_proto::gossip::KeyRing;
 use ferrolb_speaker::conflict::ProbePlan;
 use ferrolb_speaker::gratuitous::GratuitousPlan;
 use ferrolb_speaker::interfaces::{self, DEFAULT_EXCLUDE, ExcludePatterns};
+use ferrolb_speaker::membership::{Membership, MembershipConfig};
+use ferrolb_speaker::metrics::Metrics;
+use ferrolb_speaker::node::{self, Feeds, NodeSettings};
+use ferrolb_speaker::standalone;
 use ferrolb_speaker::{Announcer, AnnouncerConfig, Event, Intent};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
@@ -21,23 +31,35 @@ use tracing::{debug, info, warn};
 )]
 struct Cli {
     /// Log line format.
-    #[arg(long, env = "FERROLB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-    /// Log filter, in tracing-subscriber's EnvFilter syntax (e.g. `info`, `ferrolb_speaker=debug`).
-    #[arg(long, env = "FERROLB_LOG", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "FERROLB_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    log_format: telemetry::LogFormat,
+    /// Log filter, e.g. `info` or `ferrolb_speaker=debug` (RUST_LOG wins when set).
+    #[arg(
+        long = "log-level",
+        alias = "log",
+        env = "FERROLB_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The speaker daemon: join the membership, elect an owner per Service IP with the other
+    /// speakers, and answer ARP/NDP for this node's share.
+    ///
+    /// With --state-dir it runs standalone on the directory the controller writes to (Nodes,
+    /// IPAddressPools, L2Advertisements and Services as manifests); otherwise on Kubernetes.
+    Run(RunArgs),
     /// Static announce: answer ARP/NDP for the given IPs from this host until SIGTERM.
     ///
     /// No Kubernetes, no election: this host owns the IPs. Useful on plain Linux hosts and to
@@ -70,6 +92,50 @@ struct AnnounceArgs {
     /// answers; probe again every --recheck-secs.
     #[arg(long, env = "FERROLB_PROBE")]
     probe: bool,
+    #[command(flatten)]
+    announcer: AnnouncerArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// This node's name: its identity in the membership and in elections.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Run standalone on this state directory instead of a Kubernetes cluster.
+    #[arg(long, env = "FERROLB_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Announce only Services with this spec.loadBalancerClass (default: Services without one).
+    #[arg(long, env = "FERROLB_LB_CLASS", value_name = "CLASS")]
+    lb_class: Option<String>,
+    /// UDP address the membership protocol listens on.
+    #[arg(long, env = "FERROLB_MEMBERSHIP_BIND", default_value = "0.0.0.0:7946")]
+    membership_bind: SocketAddr,
+    /// Address peers reach this node's membership at (default: the node's address from its
+    /// Node object, with the bind port).
+    #[arg(long, env = "FERROLB_MEMBERSHIP_ADVERTISE")]
+    membership_advertise: Option<SocketAddr>,
+    /// The cluster's membership key file: one key per line, 32 bytes as 64 hex digits (or
+    /// base64); the first line signs, the others are still accepted (rotation).
+    #[arg(
+        long,
+        env = "FERROLB_MEMBERSHIP_KEY_FILE",
+        default_value = "/etc/ferrolb/membership/key"
+    )]
+    membership_key_file: PathBuf,
+    /// Extra membership peers to join through (repeat, or comma-separate); by default the
+    /// addresses of the Node objects.
+    #[arg(long = "peer", env = "FERROLB_PEERS", value_delimiter = ',')]
+    peers: Vec<SocketAddr>,
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "FERROLB_METRICS_ADDR", default_value = "0.0.0.0:7473")]
+    metrics_addr: SocketAddr,
+    #[command(flatten)]
+    announcer: AnnouncerArgs,
+}
+
+/// How the announcer answers, announces and probes; shared by `run` and `announce`.
+#[derive(Debug, Args)]
+struct AnnouncerArgs {
     /// Interface name patterns never announced on (exact, or prefix then `*`).
     #[arg(long, env = "FERROLB_EXCLUDE_INTERFACES", value_delimiter = ',', default_values_t = DEFAULT_EXCLUDE.iter().map(|p| (*p).to_owned()))]
     exclude_interfaces: Vec<String>,
@@ -96,7 +162,7 @@ struct AnnounceArgs {
     recheck_secs: u64,
 }
 
-impl AnnounceArgs {
+impl AnnouncerArgs {
     fn config(&self) -> AnnouncerConfig {
         AnnouncerConfig {
             exclude: ExcludePatterns::new(self.exclude_interfaces.iter().cloned()),
@@ -115,32 +181,18 @@ impl AnnounceArgs {
     }
 }
 
-fn init_logging(cli: &Cli) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .with_context(|| format!("invalid --log filter {:?}", cli.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli)?;
+    telemetry::init(cli.log_format, &cli.log);
     match cli.command {
+        Command::Run(args) => run(args).await,
         Command::Announce(args) => announce(args).await,
     }
 }
 
 async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
-    let config = args.config();
+    let config = args.announcer.config();
     let mut links = interfaces::watch()
         .await
         .context("watching network links over netlink (needs a Linux network namespace)")?;
@@ -190,5 +242,106 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || announcer.shutdown())
         .await
         .context("stopping the announcer")?;
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let readiness = Readiness::default();
+    let (trigger, stop) = shutdown::channel();
+    tokio::spawn(async move {
+        if let Err(err) = trigger.on_signals().await {
+            warn!("cannot listen for signals: {err}");
+        }
+    });
+    let bound = endpoint::serve(
+        args.metrics_addr,
+        metrics.registry.clone(),
+        readiness.clone(),
+        stop.clone(),
+    )
+    .await
+    .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
+    info!(%bound, "serving /metrics, /healthz, /readyz");
+
+    let key_text = std::fs::read_to_string(&args.membership_key_file).with_context(|| {
+        format!(
+            "reading the membership key file {} (create one with: openssl rand -hex 32 > FILE)",
+            args.membership_key_file.display()
+        )
+    })?;
+    let keys = KeyRing::parse(&key_text)
+        .with_context(|| format!("membership key file {}", args.membership_key_file.display()))?;
+
+    let Some(state_dir) = &args.state_dir else {
+        anyhow::bail!(
+            "no --state-dir given, and the speaker's Kubernetes backend is not built yet; run standalone with --state-dir DIR"
+        );
+    };
+    let dir = StateDir::open(state_dir)?;
+    let (first, cluster) = standalone::follow(&dir, stop.clone())?;
+
+    let port = args.membership_bind.port();
+    let mut config = MembershipConfig::new(&args.node_name, args.membership_bind, keys);
+    config.advertise = args.membership_advertise.or_else(|| {
+        first
+            .nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(args.node_name.as_str()))
+            .and_then(standalone::node_address)
+            .map(|ip| SocketAddr::new(ip, port))
+    });
+    config.seeds = args.peers.clone();
+    config
+        .seeds
+        .extend(standalone::seeds(&first, &args.node_name, port));
+    let membership = Membership::start(config).await?;
+    info!(node = %args.node_name, advertise = %membership.advertise(), seeds = ?args.peers, "joined the membership");
+
+    let links = interfaces::watch()
+        .await
+        .context("watching network links over netlink (needs a Linux network namespace)")?;
+    let (announcer, events) =
+        Announcer::start(args.announcer.config()).context("starting the announcer")?;
+    let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = tokio::spawn(standalone::record(
+        dir.clone(),
+        args.node_name.clone(),
+        reports,
+    ));
+
+    let settings = NodeSettings {
+        node_name: args.node_name.clone(),
+        lb_class: args.lb_class.clone(),
+        endpoints_required: false,
+    };
+    let feeds = Feeds {
+        cluster,
+        live: membership.live(),
+        links,
+        events,
+        membership: Some(membership.metrics().clone()),
+    };
+    let announcer = node::run(
+        settings,
+        feeds,
+        announcer,
+        reports_tx,
+        metrics,
+        readiness.clone(),
+        stop,
+    )
+    .await;
+
+    // Make-before-break: tell the others we leave and keep answering while they take over
+    // and announce; only then stop answering.
+    readiness.not_ready("shutting down");
+    info!("leaving the membership; answering until the successors have taken over");
+    membership.leave().await;
+    tokio::task::spawn_blocking(move || announcer.shutdown())
+        .await
+        .context("stopping the announcer")?;
+    let _ = recorder.await;
+    info!("stopped");
     Ok(())
 }

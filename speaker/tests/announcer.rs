@@ -20,7 +20,7 @@ fn vip6() -> Ipv6Addr {
 
 /// `ferrolb-speaker announce ARGS` in the background on `host`.
 fn speaker(host: &Host, args: &[&str]) -> Background {
-    let mut argv = vec![SPEAKER, "--log", "ferrolb_speaker=debug", "announce"];
+    let mut argv = vec![SPEAKER, "--log-level", "ferrolb_speaker=debug", "announce"];
     argv.extend_from_slice(args);
     host.ns()
         .spawn(argv)
@@ -607,7 +607,7 @@ fn measure_arp_reply_latency_against_the_kernel() {
     let (client, n1) = (lab.client(), lab.node(1).unwrap());
     let _s = speaker(
         n1,
-        &["-i", "eth0", "--ip", &VIP.to_string(), "--log", "info"],
+        &["-i", "eth0", "--ip", &VIP.to_string(), "--log-level", "info"],
     );
     arping_until(client.ns(), "eth0", VIP, READY, |macs| !macs.is_empty()).unwrap();
     for (who, target) in [("ferrolb", VIP), ("kernel", n1.ipv4())] {

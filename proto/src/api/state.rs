@@ -6,7 +6,9 @@
 //! each Service's allocation to `status/services/<namespace>/<name>.yaml` (a Service object
 //! carrying only metadata, annotations and status) and pool counters to
 //! `status/ipaddresspools/<name>.yaml`. Reading overlays those on the user's objects, so user
-//! files keep their comments and a half-written status file cannot corrupt them.
+//! files keep their comments and a half-written status file cannot corrupt them. Each speaker
+//! records what it announces as a ServiceL2Status in `status/l2/<node>/<namespace>/<name>.yaml`
+//! (one directory per node, so speakers never write the same file).
 //!
 //! Reading files and watching the directory is each binary's thin shell; this is the pure core.
 
@@ -19,7 +21,7 @@ use kube::ResourceExt;
 
 use super::annotations::IP_ALLOCATED_FROM_POOL;
 use super::manifest::{Manifest, ManifestError, parse_documents};
-use super::{IPAddressPool, L2Advertisement};
+use super::{IPAddressPool, L2Advertisement, ServiceL2Status};
 
 /// The subdirectory the controller owns.
 pub const STATUS_DIR: &str = "status";
@@ -35,6 +37,11 @@ pub fn service_status_path(namespace: &str, name: &str) -> String {
 /// Where the controller writes a pool's counters, relative to the state directory.
 pub fn pool_status_path(name: &str) -> String {
     format!("{STATUS_DIR}/ipaddresspools/{name}.yaml")
+}
+
+/// Where a speaker records that it announces a Service, relative to the state directory.
+pub fn l2_status_path(node: &str, namespace: &str, name: &str) -> String {
+    format!("{STATUS_DIR}/l2/{node}/{namespace}/{name}.yaml")
 }
 
 /// Whether a relative path is one the controller writes (and user manifests must not be in).
@@ -58,6 +65,8 @@ pub struct Snapshot {
     pub namespaces: Vec<Namespace>,
     pub nodes: Vec<Node>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// What speakers recorded announcing (from `status/l2/`), by path order.
+    pub l2_statuses: Vec<ServiceL2Status>,
     /// Documents that could not be read, or objects defined twice. The rest is still usable.
     pub problems: Vec<ManifestError>,
 }
@@ -96,6 +105,7 @@ impl Snapshot {
         let mut collected = Collected::default();
         let mut overlays: BTreeMap<Key, Service> = BTreeMap::new();
         let mut pool_overlays: BTreeMap<String, IPAddressPool> = BTreeMap::new();
+        let mut l2_statuses = Vec::new();
         for (path, text) in &files {
             for result in parse_documents(path, text) {
                 let manifest = match result {
@@ -113,6 +123,7 @@ impl Snapshot {
                         Manifest::IPAddressPool(pool) => {
                             pool_overlays.insert(pool.name_any(), pool);
                         }
+                        Manifest::ServiceL2Status(status) => l2_statuses.push(status),
                         _ => {}
                     }
                 } else if let Err(err) = collected.add(path, manifest) {
@@ -139,6 +150,7 @@ impl Snapshot {
             namespaces: collected.namespaces.into_values().collect(),
             nodes: collected.nodes.into_values().collect(),
             endpoint_slices: collected.endpoint_slices.into_values().collect(),
+            l2_statuses,
             problems,
         }
     }

@@ -1,0 +1,187 @@
+//! The speaker's Prometheus metrics: MetalLB's layer-2 figures under the `ferrolb_` prefix,
+//! plus conflicts, takeovers and the membership protocol's health.
+//!
+//! The announcer and the membership loop count in their own atomics; [`Metrics::refresh`]
+//! copies those counts into the registry (counters only ever move forward).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::announcer::Stats;
+use crate::membership::{LiveSet, MemberState, MetricsSnapshot};
+
+/// Every metric the speaker exports.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    announced: IntGaugeVec,
+    requests: IntCounterVec,
+    responses: IntCounterVec,
+    gratuitous: IntCounterVec,
+    conflicts: IntCounterVec,
+    responder_errors: IntCounterVec,
+    takeovers: IntCounter,
+    members: IntGaugeVec,
+    suspicions: IntCounter,
+    deaths: IntCounter,
+    refutations: IntCounter,
+    rejected: IntCounterVec,
+}
+
+fn counter_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+/// Moves a counter up to `value` (it never goes down).
+fn catch_up(counter: &IntCounter, value: u64) {
+    let current = counter.get();
+    if value > current {
+        counter.inc_by(value - current);
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let m = Metrics {
+            announced: IntGaugeVec::new(
+                Opts::new(
+                    "ferrolb_speaker_announced",
+                    "1 for each Service IP this node announces (MetalLB: metallb_speaker_announced)",
+                ),
+                &["service", "ip", "node"],
+            )?,
+            requests: counter_vec(
+                "ferrolb_layer2_requests_received_total",
+                "ARP requests and neighbour solicitations received for an owned IP",
+                &["ip"],
+            )?,
+            responses: counter_vec(
+                "ferrolb_layer2_responses_sent_total",
+                "ARP replies and neighbour advertisements sent",
+                &["ip"],
+            )?,
+            gratuitous: counter_vec(
+                "ferrolb_layer2_gratuitous_sent_total",
+                "Gratuitous ARP and unsolicited neighbour advertisements sent",
+                &["ip"],
+            )?,
+            conflicts: counter_vec(
+                "ferrolb_conflicts_total",
+                "Other stations seen claiming an IP this node owns or probes",
+                &["ip"],
+            )?,
+            responder_errors: counter_vec(
+                "ferrolb_responder_errors_total",
+                "Failures of an interface's responder",
+                &["iface"],
+            )?,
+            takeovers: IntCounter::new(
+                "ferrolb_failovers_total",
+                "Services this node took over from another announcing node",
+            )?,
+            members: IntGaugeVec::new(
+                Opts::new(
+                    "ferrolb_membership_members",
+                    "Members by state, as this node sees them",
+                ),
+                &["state"],
+            )?,
+            suspicions: IntCounter::new(
+                "ferrolb_membership_suspicions_total",
+                "Members this node suspected",
+            )?,
+            deaths: IntCounter::new("ferrolb_membership_deaths_total", "Members declared dead")?,
+            refutations: IntCounter::new(
+                "ferrolb_membership_refutations_total",
+                "Suspicions of this node it refuted",
+            )?,
+            rejected: counter_vec(
+                "ferrolb_membership_rejected_datagrams_total",
+                "Membership datagrams refused, by reason",
+                &["reason"],
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.announced.clone()))?;
+        m.registry.register(Box::new(m.requests.clone()))?;
+        m.registry.register(Box::new(m.responses.clone()))?;
+        m.registry.register(Box::new(m.gratuitous.clone()))?;
+        m.registry.register(Box::new(m.conflicts.clone()))?;
+        m.registry.register(Box::new(m.responder_errors.clone()))?;
+        m.registry.register(Box::new(m.takeovers.clone()))?;
+        m.registry.register(Box::new(m.members.clone()))?;
+        m.registry.register(Box::new(m.suspicions.clone()))?;
+        m.registry.register(Box::new(m.deaths.clone()))?;
+        m.registry.register(Box::new(m.refutations.clone()))?;
+        m.registry.register(Box::new(m.rejected.clone()))?;
+        Ok(m)
+    }
+
+    /// Replaces the set of announced Service IPs.
+    pub fn set_announced(&self, share: &BTreeMap<String, (Vec<IpAddr>, Vec<String>)>, node: &str) {
+        self.announced.reset();
+        for (service, (ips, _)) in share {
+            for ip in ips {
+                self.announced
+                    .with_label_values(&[service, &ip.to_string(), node])
+                    .set(1);
+            }
+        }
+    }
+
+    pub fn set_members(&self, live: &LiveSet) {
+        let count = |state| live.members.values().filter(|m| m.state == state).count();
+        self.members
+            .with_label_values(&["alive"])
+            .set(count(MemberState::Alive) as i64);
+        self.members
+            .with_label_values(&["suspect"])
+            .set(count(MemberState::Suspect) as i64);
+    }
+
+    pub fn responder_error(&self, iface: &str) {
+        self.responder_errors.with_label_values(&[iface]).inc();
+    }
+
+    pub fn takeover(&self) {
+        self.takeovers.inc();
+    }
+
+    /// Copies the announcer's and the membership loop's counts in.
+    pub fn refresh(&self, stats: &Stats, membership: Option<&MetricsSnapshot>) {
+        for (ip, s) in &stats.ips {
+            let ip = ip.to_string();
+            catch_up(
+                &self.requests.with_label_values(&[&ip]),
+                s.requests_received,
+            );
+            catch_up(&self.responses.with_label_values(&[&ip]), s.replies_sent);
+            catch_up(
+                &self.gratuitous.with_label_values(&[&ip]),
+                s.gratuitous_sent,
+            );
+            catch_up(&self.conflicts.with_label_values(&[&ip]), s.conflicts);
+        }
+        if let Some(m) = membership {
+            self.members
+                .with_label_values(&["dead"])
+                .set(m.members_dead as i64);
+            self.members
+                .with_label_values(&["left"])
+                .set(m.members_left as i64);
+            catch_up(&self.suspicions, m.suspicions);
+            catch_up(&self.deaths, m.deaths);
+            catch_up(&self.refutations, m.refutations);
+            for (reason, count) in &m.rejected {
+                catch_up(&self.rejected.with_label_values(&[reason.as_str()]), *count);
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The speaker's loop on one node: whenever the cluster's state or the live membership changes,
+//! decide who announces what, hand this node's share to the announcer, and report what changed
+//! to the backend (which records it as ServiceL2Status and Events).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ferrolb_daemon::endpoint::Readiness;
+use ferrolb_daemon::shutdown::Shutdown;
+use ferrolb_proto::api::{IPAddressPool, L2Advertisement};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::{mpsc, watch};
+
+use crate::announcements::{self, Decision, Inputs, Interfaces};
+use crate::announcer::{Announcer, Event, Events, Intent};
+use crate::interfaces::Link;
+use crate::membership::LiveSet;
+use crate::metrics::Metrics;
+
+/// The cluster as the backend last read it.
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    pub services: Vec<Service>,
+    pub pools: Vec<IPAddressPool>,
+    pub advertisements: Vec<L2Advertisement>,
+    pub nodes: Vec<Node>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Services (`namespace/name`) some speaker has recorded announcing: taking those over
+    /// must not wait for a conflict probe.
+    pub announced: BTreeSet<String>,
+}
+
+/// What the node tells its backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// This node now announces the Service (or on other interfaces than before).
+    Announcing {
+        service: String,
+        ips: Vec<IpAddr>,
+        interfaces: Vec<String>,
+    },
+    /// This node stopped announcing the Service.
+    Withdrawn { service: String },
+    /// Another station claims an IP of the Service.
+    Conflict {
+        service: String,
+        ip: IpAddr,
+        detail: String,
+        announced: bool,
+    },
+    /// None of the Service's requested interfaces can announce on this node.
+    NoInterface {
+        service: String,
+        ip: IpAddr,
+        wanted: Vec<String>,
+    },
+}
+
+/// Settings of the loop.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    pub node_name: String,
+    pub lb_class: Option<String>,
+    pub endpoints_required: bool,
+}
+
+/// This node's share of the decisions: per Service, its IPs and interfaces.
+type Share = BTreeMap<String, (Vec<IpAddr>, Vec<String>)>;
+
+/// The pure step: the decisions, this node's share, and the announcer's owned set.
+pub fn plan(
+    cluster: &Cluster,
+    live: &LiveSet,
+    settings: &NodeSettings,
+) -> (Vec<Decision>, Share, BTreeMap<IpAddr, Intent>) {
+    let inputs = Inputs {
+        services: cluster.services.clone(),
+        pools: cluster.pools.clone(),
+        advertisements: cluster.advertisements.clone(),
+        nodes: cluster.nodes.clone(),
+        endpoint_slices: cluster.endpoint_slices.clone(),
+        live: live.names().map(str::to_owned).collect(),
+        lb_class: settings.lb_class.clone(),
+        endpoints_required: settings.endpoints_required,
+    };
+    let decisions = announcements::decide(&inputs);
+    let mut share = Share::new();
+    let mut owned = BTreeMap::new();
+    for (decision, interfaces) in announcements::mine(&decisions, &settings.node_name) {
+        let interfaces = match interfaces {
+            Interfaces::All => Vec::new(),
+            Interfaces::Only(names) => names.iter().cloned().collect(),
+        };
+        let probe_first = !cluster.announced.contains(&decision.service);
+        for ip in &decision.ips {
+            owned.insert(
+                *ip,
+                Intent {
+                    interfaces: interfaces.clone(),
+                    probe_first,
+                },
+            );
+        }
+        share.insert(decision.service.clone(), (decision.ips.clone(), interfaces));
+    }
+    (decisions, share, owned)
+}
+
+/// Reports turning the previous share into the next.
+pub fn changes(previous: &Share, next: &Share) -> Vec<Report> {
+    let mut reports = Vec::new();
+    for (service, (ips, interfaces)) in next {
+        if previous.get(service) != Some(&(ips.clone(), interfaces.clone())) {
+            reports.push(Report::Announcing {
+                service: service.clone(),
+                ips: ips.clone(),
+                interfaces: interfaces.clone(),
+            });
+        }
+    }
+    for service in previous.keys().filter(|s| !next.contains_key(*s)) {
+        reports.push(Report::Withdrawn {
+            service: service.clone(),
+        });
+    }
+    reports
+}
+
+/// The inputs the loop follows.
+#[derive(Debug)]
+pub struct Feeds {
+    pub cluster: watch::Receiver<Arc<Cluster>>,
+    pub live: watch::Receiver<LiveSet>,
+    pub links: watch::Receiver<Vec<Link>>,
+    pub events: Events,
+    /// The membership loop's counters, copied into the metrics every second.
+    pub membership: Option<Arc<crate::membership::Metrics>>,
+}
+
+/// How often the announcer's and membership's counters are copied into the metrics.
+const METRICS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs until shutdown; returns the announcer still answering, so the caller can leave the
+/// membership first and stop answering last (make-before-break).
+pub async fn run(
+    settings: NodeSettings,
+    mut feeds: Feeds,
+    announcer: Announcer,
+    reports: mpsc::UnboundedSender<Report>,
+    metrics: Metrics,
+    readiness: Readiness,
+    mut shutdown: Shutdown,
+) -> Announcer {
+    let mut share = Share::new();
+    let mut decisions: Vec<Decision> = Vec::new();
+    announcer.set_links(feeds.links.borrow_and_update().clone());
+    let mut dirty = true;
+    let mut refresh = tokio::time::interval(METRICS_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        if dirty {
+            dirty = false;
+            let cluster = feeds.cluster.borrow_and_update().clone();
+            let live = feeds.live.borrow_and_update().clone();
+            let (next_decisions, next_share, owned) = plan(&cluster, &live, &settings);
+            announcer.set_owned(owned);
+            for report in changes(&share, &next_share) {
+                if let Report::Announcing { service, .. } = &report
+                    && !share.contains_key(service)
+                    && cluster.announced.contains(service)
+                {
+                    metrics.takeover();
+                }
+                log_report(&report, &settings.node_name);
+                let _ = reports.send(report);
+            }
+            metrics.set_announced(&next_share, &settings.node_name);
+            metrics.set_members(&live);
+            share = next_share;
+            decisions = next_decisions;
+            readiness.ready();
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return announcer,
+            changed = feeds.cluster.changed() => {
+                if changed.is_err() { return announcer; }
+                dirty = true;
+            }
+            changed = feeds.live.changed() => {
+                if changed.is_err() { return announcer; }
+                dirty = true;
+            }
+            changed = feeds.links.changed() => {
+                if changed.is_err() { return announcer; }
+                announcer.set_links(feeds.links.borrow_and_update().clone());
+            }
+            _ = refresh.tick() => {
+                let membership = feeds.membership.as_ref().map(|m| m.snapshot());
+                metrics.refresh(&announcer.stats(), membership.as_ref());
+            }
+            Some(event) = feeds.events.recv() => {
+                if let Some(report) = report_event(event, &decisions, &metrics) {
+                    let _ = reports.send(report);
+                }
+            }
+        }
+    }
+}
+
+fn service_of(decisions: &[Decision], ip: IpAddr) -> String {
+    decisions
+        .iter()
+        .find(|d| d.ips.contains(&ip))
+        .map(|d| d.service.clone())
+        .unwrap_or_default()
+}
+
+fn report_event(event: Event, decisions: &[Decision], metrics: &Metrics) -> Option<Report> {
+    match event {
+        Event::Announcing { ip, interfaces } => {
+            tracing::info!(%ip, ?interfaces, service = %service_of(decisions, ip), "answering and announcing");
+            None
+        }
+        Event::Conflict {
+            ip,
+            iface,
+            mac,
+            evidence,
+            announced,
+        } => {
+            let service = service_of(decisions, ip);
+            let detail = format!("{mac} on {iface} claims {ip} ({evidence:?})");
+            tracing::warn!(%ip, %iface, %service, "IP conflict: {detail}");
+            Some(Report::Conflict {
+                service,
+                ip,
+                detail,
+                announced,
+            })
+        }
+        Event::NoInterface { ip, wanted } => {
+            let service = service_of(decisions, ip);
+            tracing::warn!(%ip, %service, ?wanted, "none of the requested interfaces can announce on this node");
+            Some(Report::NoInterface {
+                service,
+                ip,
+                wanted,
+            })
+        }
+        Event::ResponderFailed { iface, error } => {
+            metrics.responder_error(&iface);
+            tracing::warn!(%iface, "responder failed (retried when links change): {error}");
+            None
+        }
+    }
+}
+
+fn log_report(report: &Report, node: &str) {
+    match report {
+        Report::Announcing {
+            service,
+            ips,
+            interfaces,
+        } => {
+            tracing::info!(%service, ?ips, ?interfaces, %node, "announcing from node {node:?} with protocol \"layer2\"");
+        }
+        Report::Withdrawn { service } => tracing::info!(%service, %node, "no longer announcing"),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{Member, MemberState};
+    use serde_json::json;
+
+    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn cluster() -> Cluster {
+        Cluster {
+            services: vec![from(json!({
+                "metadata": {"name": "web", "namespace": "demo"},
+                "spec": {"type": "LoadBalancer"},
+                "status": {"loadBalancer": {"ingress": [{"ip": "10.250.0.100"}, {"ip": "fd00:250::100"}]}},
+            }))],
+            pools: vec![from(
+                json!({"metadata": {"name": "lan"}, "spec": {"addresses": ["10.250.0.100/30", "fd00:250::100/126"]}}),
+            )],
+            advertisements: vec![from(json!({"metadata": {"name": "all"}, "spec": {}}))],
+            nodes: ["n1", "n2"]
+                .iter()
+                .map(|n| from(json!({"metadata": {"name": n}})))
+                .collect(),
+            endpoint_slices: vec![],
+            announced: BTreeSet::new(),
+        }
+    }
+
+    fn live(names: &[&str]) -> LiveSet {
+        let members = names
+            .iter()
+            .map(|n| {
+                let member = Member {
+                    name: (*n).to_owned(),
+                    address: "127.0.0.1:7946".parse().unwrap(),
+                    incarnation: 0,
+                    state: MemberState::Alive,
+                };
+                ((*n).to_owned(), member)
+            })
+            .collect();
+        LiveSet { members }
+    }
+
+    fn settings(node: &str) -> NodeSettings {
+        NodeSettings {
+            node_name: node.into(),
+            lb_class: None,
+            endpoints_required: false,
+        }
+    }
+
+    #[test]
+    fn exactly_one_node_owns_both_ips_and_probes_only_new_services() {
+        let c = cluster();
+        let both = live(&["n1", "n2"]);
+        let (_, s1, o1) = plan(&c, &both, &settings("n1"));
+        let (_, s2, o2) = plan(&c, &both, &settings("n2"));
+        assert_eq!(s1.len() + s2.len(), 1);
+        let owned = if o1.is_empty() { o2 } else { o1 };
+        assert_eq!(owned.len(), 2, "both families go to one node");
+        assert!(
+            owned
+                .values()
+                .all(|i| i.probe_first && i.interfaces.is_empty())
+        );
+
+        let mut announced = cluster();
+        announced.announced.insert("demo/web".into());
+        let (_, _, o1) = plan(&announced, &live(&["n1"]), &settings("n1"));
+        assert!(
+            o1.values().all(|i| !i.probe_first),
+            "a takeover does not probe"
+        );
+    }
+
+    #[test]
+    fn changes_report_new_moved_and_withdrawn() {
+        let before: Share = [("a".to_owned(), (vec!["10.0.0.1".parse().unwrap()], vec![]))].into();
+        let after: Share = [(
+            "b".to_owned(),
+            (vec!["10.0.0.2".parse().unwrap()], vec!["eth1".to_owned()]),
+        )]
+        .into();
+        let reports = changes(&before, &after);
+        assert_eq!(reports.len(), 2);
+        assert!(matches!(&reports[0], Report::Announcing { service, .. } if service == "b"));
+        assert!(matches!(&reports[1], Report::Withdrawn { service } if service == "a"));
+        assert!(changes(&after, &after).is_empty());
+    }
+}

@@ -1,0 +1,171 @@
+//! The standalone backend: the speaker over the shared state directory instead of a cluster.
+//! It turns the directory into a [`Cluster`] on every change (inotify), records what this node
+//! announces as ServiceL2Status files under `status/l2/<node>/`, and logs events.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ferrolb_daemon::shutdown::Shutdown;
+use ferrolb_daemon::statedir::{StateDir, StateDirError, Watch};
+use ferrolb_proto::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL, SERVICE_NAMESPACE_LABEL};
+use ferrolb_proto::api::state::{Snapshot, l2_status_path};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use crate::node::{Cluster, Report};
+
+/// The cluster a snapshot describes.
+pub fn cluster(snapshot: Snapshot) -> Cluster {
+    let announced: BTreeSet<String> = snapshot
+        .l2_statuses
+        .iter()
+        .filter_map(|s| {
+            let status = s.status.as_ref()?;
+            Some(format!(
+                "{}/{}",
+                status.service_namespace, status.service_name
+            ))
+        })
+        .collect();
+    Cluster {
+        services: snapshot.services,
+        pools: snapshot.pools,
+        advertisements: snapshot.advertisements,
+        nodes: snapshot.nodes,
+        endpoint_slices: snapshot.endpoint_slices,
+        announced,
+    }
+}
+
+/// Reads the directory once and starts following it: returns the first cluster (for set-up,
+/// such as membership seeds) and the feed of later ones.
+pub fn follow(
+    dir: &StateDir,
+    mut shutdown: Shutdown,
+) -> Result<(Arc<Cluster>, watch::Receiver<Arc<Cluster>>), StateDirError> {
+    let mut changes = dir.watch(Watch::All)?;
+    let first = read(dir)?;
+    let (tx, rx) = watch::channel(first.clone());
+    let dir = dir.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                changed = changes.changed() => if changed.is_none() {
+                    tracing::error!("the state directory watch stopped");
+                    return;
+                },
+            }
+            match read(&dir) {
+                Ok(cluster) => {
+                    tx.send_replace(cluster);
+                }
+                Err(err) => tracing::error!("cannot read the state directory: {err}"),
+            }
+        }
+    });
+    Ok((first, rx))
+}
+
+fn read(dir: &StateDir) -> Result<Arc<Cluster>, StateDirError> {
+    let snapshot = dir.read()?;
+    for problem in &snapshot.problems {
+        tracing::debug!("ignoring manifest: {problem}");
+    }
+    Ok(Arc::new(cluster(snapshot)))
+}
+
+/// Carries out the node's reports until the channel closes.
+pub async fn record(dir: StateDir, node: String, mut reports: mpsc::UnboundedReceiver<Report>) {
+    while let Some(report) = reports.recv().await {
+        let result = match report {
+            Report::Announcing {
+                service,
+                interfaces,
+                ..
+            } => {
+                let (namespace, name) = split(&service);
+                let object = json!({
+                    "apiVersion": "metallb.io/v1beta1",
+                    "kind": "ServiceL2Status",
+                    "metadata": {
+                        "name": format!("l2-{name}"),
+                        "namespace": namespace,
+                        "creationTimestamp": Timestamp::now().to_string(),
+                        "labels": {NODE_LABEL: node, SERVICE_NAME_LABEL: name, SERVICE_NAMESPACE_LABEL: namespace},
+                    },
+                    "spec": {},
+                    "status": {
+                        "node": node,
+                        "serviceName": name,
+                        "serviceNamespace": namespace,
+                        "interfaces": interfaces.iter().map(|i| json!({"name": i})).collect::<Vec<_>>(),
+                    },
+                });
+                let text = serde_yaml_ng::to_string(&object).unwrap_or_default();
+                dir.write_atomic(
+                    &l2_status_path(&node, namespace, name),
+                    &format!("# Written by ferrolb-speaker on {node}; do not edit.\n{text}"),
+                )
+            }
+            Report::Withdrawn { service } => {
+                let (namespace, name) = split(&service);
+                dir.remove(&l2_status_path(&node, namespace, name))
+            }
+            Report::Conflict {
+                service,
+                ip,
+                detail,
+                announced,
+            } => {
+                let what = if announced {
+                    "while announcing it"
+                } else {
+                    "so it is not announced"
+                };
+                tracing::warn!(%service, %ip, reason = "IPConflict", "IP conflict {what}: {detail}");
+                Ok(())
+            }
+            Report::NoInterface {
+                service,
+                ip,
+                wanted,
+            } => {
+                tracing::warn!(%service, %ip, reason = "announceFailed", ?wanted, "none of the requested interfaces exists or is eligible on node {node}");
+                Ok(())
+            }
+        };
+        if let Err(err) = result {
+            tracing::error!("cannot record the announcement: {err}");
+        }
+    }
+}
+
+fn split(service: &str) -> (&str, &str) {
+    service.split_once('/').unwrap_or(("default", service))
+}
+
+/// Membership seeds from the Node objects: each node's InternalIP (else first address) at
+/// `port`, except this node.
+pub fn seeds(cluster: &Cluster, me: &str, port: u16) -> Vec<std::net::SocketAddr> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name_any() != me)
+        .filter_map(|n| node_address(n).map(|ip| std::net::SocketAddr::new(ip, port)))
+        .collect()
+}
+
+/// A node's InternalIP, else its first parseable address.
+pub fn node_address(node: &k8s_openapi::api::core::v1::Node) -> Option<std::net::IpAddr> {
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    let parsed = |kind: Option<&str>| {
+        addresses
+            .iter()
+            .filter(|a| kind.is_none_or(|k| a.type_ == k))
+            .find_map(|a| a.address.parse().ok())
+    };
+    parsed(Some("InternalIP")).or_else(|| parsed(None))
+}
