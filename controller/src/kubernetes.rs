@@ -6,21 +6,20 @@
 //! restarts (410 Gone, reconnect) delivers a full list, which is applied with
 //! [`Reconciler::sync`], so nothing seen before the gap is trusted blindly.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ferrolb_daemon::endpoint::Readiness;
+use ferrolb_daemon::mirror::{Mirror, Seen, watch_events};
 use ferrolb_daemon::shutdown::Shutdown;
 use ferrolb_proto::api::IPAddressPool;
 use ferrolb_proto::api::annotations::IP_ALLOCATED_FROM_POOL;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -49,33 +48,6 @@ enum Input {
     Namespace(watcher::Event<Namespace>),
 }
 
-fn service_key(svc: &Service) -> (String, String) {
-    (
-        svc.namespace().unwrap_or_else(|| "default".into()),
-        svc.name_any(),
-    )
-}
-
-fn watch_events<K>(
-    api: Api<K>,
-    wrap: fn(watcher::Event<K>) -> Input,
-) -> impl Stream<Item = Input> + Send
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .filter_map(move |event| async move {
-            match event {
-                Ok(event) => Some(wrap(event)),
-                Err(err) => {
-                    tracing::warn!("watch failed, retrying: {err}");
-                    None
-                }
-            }
-        })
-}
-
 /// Runs until shutdown. Acts only while `leading` is true; on becoming leader it starts over
 /// from the watched state (as after a restart).
 pub async fn run(
@@ -90,10 +62,13 @@ pub async fn run(
     let services: Api<Service> = Api::all(client.clone());
     let pools: Api<IPAddressPool> = Api::namespaced(client.clone(), &settings.namespace);
     let namespaces: Api<Namespace> = Api::all(client.clone());
+    let config = watcher::Config::default;
     let streams = [
-        watch_events(services, Input::Service).boxed(),
-        watch_events(pools, Input::Pool).boxed(),
-        watch_events(namespaces, Input::Namespace).boxed(),
+        watch_events(services, config()).map(Input::Service).boxed(),
+        watch_events(pools, config()).map(Input::Pool).boxed(),
+        watch_events(namespaces, config())
+            .map(Input::Namespace)
+            .boxed(),
     ];
     for mut stream in streams {
         let tx = tx.clone();
@@ -109,7 +84,7 @@ pub async fn run(
 
     readiness.not_ready("waiting for leadership and the first lists");
     let writer = Writer::new(client, &settings);
-    let mut mirror = Mirror::default();
+    let mut cache = Cache::default();
     let mut reconciler: Option<Reconciler> = None;
     loop {
         tokio::select! {
@@ -127,7 +102,7 @@ pub async fn run(
             input = inputs.recv() => {
                 let Some(input) = input else { return };
                 let started = Instant::now();
-                if let Some(actions) = mirror.apply(input, reconciler.as_mut()) {
+                if let Some(actions) = cache.apply(input, reconciler.as_mut()) {
                     let failed = writer.carry_out(actions, &metrics).await;
                     if let Some(r) = reconciler.as_mut() {
                         failed.iter().for_each(|key| r.write_failed(key));
@@ -140,7 +115,7 @@ pub async fn run(
             }
         }
         // Start (or start over) once leading and every watcher has listed.
-        if reconciler.is_none() && *leading.borrow() && mirror.synced() {
+        if reconciler.is_none() && *leading.borrow() && cache.synced() {
             let started = Instant::now();
             let mut fresh = Reconciler::new(settings.lb_class.clone());
             let actions = fresh.start(
@@ -167,97 +142,34 @@ pub async fn run(
 
 /// The objects as the watchers last listed them, to rebuild from after a restart of any watch.
 #[derive(Default)]
-struct Mirror {
-    services: Listed<(String, String), Service>,
-    pools: Listed<String, IPAddressPool>,
-    namespaces: Listed<String, Namespace>,
+struct Cache {
+    services: Mirror<Service>,
+    pools: Mirror<IPAddressPool>,
+    namespaces: Mirror<Namespace>,
 }
 
-/// One kind's objects, plus the list in progress while its watcher (re)lists.
-struct Listed<K, V> {
-    objects: BTreeMap<K, V>,
-    relisting: Option<BTreeMap<K, V>>,
-    synced: bool,
-}
-
-impl<K, V> Default for Listed<K, V> {
-    fn default() -> Self {
-        Listed {
-            objects: BTreeMap::new(),
-            relisting: None,
-            synced: false,
-        }
-    }
-}
-
-/// What a watch event amounts to.
-enum Seen<V> {
-    Applied(V),
-    Deleted(V),
-    /// A (re)list completed: the whole set was replaced.
-    Relisted,
-    /// Part of a list in progress: nothing to decide yet.
-    Pending,
-}
-
-impl<K: Ord, V: Clone> Listed<K, V> {
-    fn apply(&mut self, event: watcher::Event<V>, key: impl Fn(&V) -> K) -> Seen<V> {
-        match event {
-            watcher::Event::Apply(v) => {
-                self.objects.insert(key(&v), v.clone());
-                Seen::Applied(v)
-            }
-            watcher::Event::Delete(v) => {
-                self.objects.remove(&key(&v));
-                Seen::Deleted(v)
-            }
-            watcher::Event::Init => {
-                self.relisting = Some(BTreeMap::new());
-                Seen::Pending
-            }
-            watcher::Event::InitApply(v) => {
-                if let Some(list) = &mut self.relisting {
-                    list.insert(key(&v), v);
-                }
-                Seen::Pending
-            }
-            watcher::Event::InitDone => {
-                if let Some(list) = self.relisting.take() {
-                    self.objects = list;
-                }
-                self.synced = true;
-                Seen::Relisted
-            }
-        }
-    }
-
-    fn all(&self) -> Vec<V> {
-        self.objects.values().cloned().collect()
-    }
-}
-
-impl Mirror {
+impl Cache {
     fn synced(&self) -> bool {
-        self.services.synced && self.pools.synced && self.namespaces.synced
+        self.services.synced() && self.pools.synced() && self.namespaces.synced()
     }
 
     /// Records the input; returns the reconciler's actions when there is one to ask.
     fn apply(&mut self, input: Input, reconciler: Option<&mut Reconciler>) -> Option<Vec<Action>> {
         let single = match input {
-            Input::Service(event) => match self.services.apply(event, service_key) {
+            Input::Service(event) => match self.services.apply(event) {
                 Seen::Applied(svc) => Single::Service(Box::new(svc)),
-                Seen::Deleted(svc) => {
-                    let (ns, name) = service_key(&svc);
-                    Single::Deleted(ServiceKey::new(&ns, &name))
-                }
+                Seen::Deleted(svc) => Single::Deleted(ServiceKey::new(
+                    &svc.namespace().unwrap_or_else(|| "default".into()),
+                    &svc.name_any(),
+                )),
                 Seen::Relisted => Single::Everything,
                 Seen::Pending => return None,
             },
-            Input::Pool(event) => match self.pools.apply(event, |p| p.name_any()) {
+            Input::Pool(event) => match self.pools.apply(event) {
                 Seen::Applied(_) | Seen::Deleted(_) | Seen::Relisted => Single::Pools,
                 Seen::Pending => return None,
             },
-            Input::Namespace(event) => match self.namespaces.apply(event, |n| n.name_any()) {
+            Input::Namespace(event) => match self.namespaces.apply(event) {
                 Seen::Applied(ns) => Single::Namespace(Box::new(ns)),
                 Seen::Relisted => Single::Everything,
                 Seen::Deleted(_) | Seen::Pending => return None,
