@@ -119,9 +119,9 @@ pub async fn run(
             let started = Instant::now();
             let mut fresh = Reconciler::new(settings.lb_class.clone());
             let actions = fresh.start(
-                mirror.pools.all(),
-                mirror.namespaces.all(),
-                mirror.services.all(),
+                cache.pools.all(),
+                cache.namespaces.all(),
+                cache.services.all(),
             );
             for problem in fresh.pool_problems() {
                 tracing::error!(pool = %problem.pool, "pool hands out no new addresses: {problem}");
