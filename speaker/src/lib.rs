@@ -8,6 +8,7 @@
 //! - [`conflict`]: RFC 5227 / DAD probing before a first announcement.
 //! - [`socket`]: the filtered AF_PACKET socket of one interface, handed to pnet.
 //! - [`node`]: the loop on one node: decisions in, announcer and reports out.
+//! - [`kubernetes`]: the backend over the Kubernetes API.
 //! - [`standalone`]: the backend over the shared state directory.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`announcer`]: the threads that put these together; what the rest of the speaker drives.
@@ -17,6 +18,7 @@ pub mod announcer;
 pub mod conflict;
 pub mod gratuitous;
 pub mod interfaces;
+pub mod kubernetes;
 pub mod membership;
 pub mod metrics;
 pub mod node;

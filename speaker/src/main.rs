@@ -18,8 +18,8 @@ use ferrolb_speaker::interfaces::{self, DEFAULT_EXCLUDE, ExcludePatterns};
 use ferrolb_speaker::membership::{Membership, MembershipConfig};
 use ferrolb_speaker::metrics::Metrics;
 use ferrolb_speaker::node::{self, Feeds, NodeSettings};
-use ferrolb_speaker::standalone;
 use ferrolb_speaker::{Announcer, AnnouncerConfig, Event, Intent};
+use ferrolb_speaker::{kubernetes, standalone};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
@@ -107,6 +107,9 @@ struct RunArgs {
     /// Announce only Services with this spec.loadBalancerClass (default: Services without one).
     #[arg(long, env = "FERROLB_LB_CLASS", value_name = "CLASS")]
     lb_class: Option<String>,
+    /// Namespace holding the IPAddressPools, L2Advertisements and ServiceL2Statuses.
+    #[arg(long, env = "FERROLB_NAMESPACE", default_value = "metallb-system")]
+    namespace: String,
     /// UDP address the membership protocol listens on.
     #[arg(long, env = "FERROLB_MEMBERSHIP_BIND", default_value = "0.0.0.0:7946")]
     membership_bind: SocketAddr,
@@ -273,13 +276,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let keys = KeyRing::parse(&key_text)
         .with_context(|| format!("membership key file {}", args.membership_key_file.display()))?;
 
-    let Some(state_dir) = &args.state_dir else {
-        anyhow::bail!(
-            "no --state-dir given, and the speaker's Kubernetes backend is not built yet; run standalone with --state-dir DIR"
-        );
+    let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
+    let (first, cluster, recorder) = match &args.state_dir {
+        Some(state_dir) => {
+            let dir = StateDir::open(state_dir)?;
+            let (first, cluster) = standalone::follow(&dir, stop.clone())?;
+            let recorder = tokio::spawn(standalone::record(dir, args.node_name.clone(), reports));
+            (first, cluster, recorder)
+        }
+        None => {
+            let client = kube::Client::try_default().await.context(
+                "reaching the Kubernetes API (in a pod: its service account; outside: KUBECONFIG); \
+                 to run without Kubernetes, use --state-dir DIR",
+            )?;
+            info!(namespace = %args.namespace, "listing Services, pools, advertisements, nodes and endpoints");
+            let Some((first, cluster)) =
+                kubernetes::follow(client.clone(), &args.namespace, stop.clone()).await
+            else {
+                return Ok(());
+            };
+            let recorder = tokio::spawn(kubernetes::record(
+                client,
+                args.namespace.clone(),
+                args.node_name.clone(),
+                reports,
+            ));
+            (first, cluster, recorder)
+        }
     };
-    let dir = StateDir::open(state_dir)?;
-    let (first, cluster) = standalone::follow(&dir, stop.clone())?;
 
     let port = args.membership_bind.port();
     let mut config = MembershipConfig::new(&args.node_name, args.membership_bind, keys);
@@ -303,17 +327,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("watching network links over netlink (needs a Linux network namespace)")?;
     let (announcer, events) =
         Announcer::start(args.announcer.config()).context("starting the announcer")?;
-    let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
-    let recorder = tokio::spawn(standalone::record(
-        dir.clone(),
-        args.node_name.clone(),
-        reports,
-    ));
-
     let settings = NodeSettings {
         node_name: args.node_name.clone(),
         lb_class: args.lb_class.clone(),
-        endpoints_required: false,
+        // In a cluster a Service without EndpointSlices has no endpoints; in a directory,
+        // endpoints are optional and their absence means every node serves.
+        endpoints_required: args.state_dir.is_none(),
     };
     let feeds = Feeds {
         cluster,

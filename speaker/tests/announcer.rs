@@ -607,7 +607,14 @@ fn measure_arp_reply_latency_against_the_kernel() {
     let (client, n1) = (lab.client(), lab.node(1).unwrap());
     let _s = speaker(
         n1,
-        &["-i", "eth0", "--ip", &VIP.to_string(), "--log-level", "info"],
+        &[
+            "-i",
+            "eth0",
+            "--ip",
+            &VIP.to_string(),
+            "--log-level",
+            "info",
+        ],
     );
     arping_until(client.ns(), "eth0", VIP, READY, |macs| !macs.is_empty()).unwrap();
     for (who, target) in [("ferrolb", VIP), ("kernel", n1.ipv4())] {

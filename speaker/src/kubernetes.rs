@@ -1,0 +1,380 @@
+//! The Kubernetes backend: watches what the election needs (Services, IPAddressPools,
+//! L2Advertisements, Nodes, EndpointSlices, ServiceL2Statuses) into a [`Cluster`], and records
+//! this node's announcements as ServiceL2Status objects and Events (nodeAssigned,
+//! announceFailed, IPConflict).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrolb_daemon::mirror::{Mirror, Seen, watch_events};
+use ferrolb_daemon::shutdown::Shutdown;
+use ferrolb_proto::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL, SERVICE_NAMESPACE_LABEL};
+use ferrolb_proto::api::{IPAddressPool, L2Advertisement, ServiceL2Status};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use crate::node::{Cluster, Report};
+
+// Boxing would cost an allocation per event for nothing: events are moved once.
+#[allow(clippy::large_enum_variant)]
+enum Input {
+    Service(watcher::Event<Service>),
+    Pool(watcher::Event<IPAddressPool>),
+    Advertisement(watcher::Event<L2Advertisement>),
+    Node(watcher::Event<Node>),
+    Slice(watcher::Event<EndpointSlice>),
+    Status(watcher::Event<ServiceL2Status>),
+}
+
+#[derive(Default)]
+struct Cache {
+    services: Mirror<Service>,
+    pools: Mirror<IPAddressPool>,
+    advertisements: Mirror<L2Advertisement>,
+    nodes: Mirror<Node>,
+    slices: Mirror<EndpointSlice>,
+    statuses: Mirror<ServiceL2Status>,
+}
+
+impl Cache {
+    /// Records an event; true when the cluster view may have changed.
+    fn apply(&mut self, input: Input) -> bool {
+        fn changed<V>(seen: Seen<V>) -> bool {
+            !matches!(seen, Seen::Pending)
+        }
+        match input {
+            Input::Service(e) => changed(self.services.apply(e)),
+            Input::Pool(e) => changed(self.pools.apply(e)),
+            Input::Advertisement(e) => changed(self.advertisements.apply(e)),
+            Input::Node(e) => changed(self.nodes.apply(e)),
+            Input::Slice(e) => changed(self.slices.apply(e)),
+            Input::Status(e) => changed(self.statuses.apply(e)),
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.services.synced()
+            && self.pools.synced()
+            && self.advertisements.synced()
+            && self.nodes.synced()
+            && self.slices.synced()
+            && self.statuses.synced()
+    }
+
+    fn cluster(&self) -> Cluster {
+        let announced: BTreeSet<String> = self
+            .statuses
+            .all()
+            .iter()
+            .filter_map(|s| {
+                let status = s.status.as_ref()?;
+                Some(format!(
+                    "{}/{}",
+                    status.service_namespace, status.service_name
+                ))
+            })
+            .collect();
+        Cluster {
+            services: self.services.all(),
+            pools: self.pools.all(),
+            advertisements: self.advertisements.all(),
+            nodes: self.nodes.all(),
+            endpoint_slices: self.slices.all(),
+            announced,
+        }
+    }
+}
+
+/// Drops what the election never reads, so the cache stays small on big clusters.
+fn lean<K: ResourceExt>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+    object
+        .annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+/// Starts the watchers; once every kind has been listed, returns the first cluster view and
+/// the feed of later ones.
+pub async fn follow(
+    client: Client,
+    namespace: &str,
+    mut shutdown: Shutdown,
+) -> Option<(Arc<Cluster>, watch::Receiver<Arc<Cluster>>)> {
+    let config = watcher::Config::default;
+    let streams = [
+        watch_events(Api::<Service>::all(client.clone()), config())
+            .map(|e| Input::Service(e.modify(lean)))
+            .boxed(),
+        watch_events(
+            Api::<IPAddressPool>::namespaced(client.clone(), namespace),
+            config(),
+        )
+        .map(Input::Pool)
+        .boxed(),
+        watch_events(
+            Api::<L2Advertisement>::namespaced(client.clone(), namespace),
+            config(),
+        )
+        .map(Input::Advertisement)
+        .boxed(),
+        watch_events(Api::<Node>::all(client.clone()), config())
+            .map(|e| Input::Node(e.modify(lean)))
+            .boxed(),
+        watch_events(Api::<EndpointSlice>::all(client.clone()), config())
+            .map(|e| Input::Slice(e.modify(lean)))
+            .boxed(),
+        watch_events(
+            Api::<ServiceL2Status>::namespaced(client, namespace),
+            config(),
+        )
+        .map(Input::Status)
+        .boxed(),
+    ];
+    let mut inputs = futures::stream::select_all(streams);
+    let mut cache = Cache::default();
+    while !cache.synced() {
+        tokio::select! {
+            _ = shutdown.wait() => return None,
+            input = inputs.next() => cache.apply(input?),
+        };
+    }
+    let first = Arc::new(cache.cluster());
+    let (tx, rx) = watch::channel(first.clone());
+    tokio::spawn(async move {
+        loop {
+            let input = tokio::select! {
+                _ = shutdown.wait() => return,
+                input = inputs.next() => match input {
+                    Some(input) => input,
+                    None => return,
+                },
+            };
+            let mut changed = cache.apply(input);
+            // Take what else is already queued, then publish once for the whole burst.
+            while let Some(Some(input)) = inputs.next().now_or_never() {
+                changed |= cache.apply(input);
+            }
+            if changed {
+                tx.send_replace(Arc::new(cache.cluster()));
+            }
+        }
+    });
+    Some((first, rx))
+}
+
+/// A ServiceL2Status name for (node, Service): a DNS-1123 subdomain, unique per pair.
+pub fn status_name(node: &str, namespace: &str, service: &str) -> String {
+    let mut name = format!("l2-{node}-{namespace}-{service}")
+        .to_ascii_lowercase()
+        .replace(
+            |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'),
+            "-",
+        );
+    name.truncate(253);
+    name.trim_end_matches(['-', '.']).to_owned()
+}
+
+/// How long after start a ServiceL2Status of this node that was not announced again counts as
+/// stale (left by a previous run) and is removed.
+const STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// Carries out the node's reports until the channel closes.
+pub async fn record(
+    client: Client,
+    namespace: String,
+    node: String,
+    mut reports: mpsc::UnboundedReceiver<Report>,
+) {
+    let statuses: Api<ServiceL2Status> = Api::namespaced(client.clone(), &namespace);
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "ferrolb-speaker".into(),
+            instance: Some(node.clone()),
+        },
+    );
+    let mine = ListParams::default().labels(&format!("{NODE_LABEL}={node}"));
+    let mut stale: BTreeSet<String> = match statuses.list(&mine).await {
+        Ok(list) => list.items.iter().map(|s| s.name_any()).collect(),
+        Err(err) => {
+            tracing::warn!("cannot list this node's ServiceL2Statuses: {err}");
+            BTreeSet::new()
+        }
+    };
+    let sweep = tokio::time::sleep(STALE_AFTER);
+    tokio::pin!(sweep);
+    let mut swept = false;
+    loop {
+        let report = tokio::select! {
+            report = reports.recv() => match report {
+                Some(report) => report,
+                None => return,
+            },
+            _ = &mut sweep, if !swept => {
+                swept = true;
+                for name in std::mem::take(&mut stale) {
+                    delete(&statuses, &name).await;
+                }
+                continue;
+            }
+        };
+        match report {
+            Report::Announcing {
+                service,
+                interfaces,
+                ..
+            } => {
+                let (ns, name) = split(&service);
+                let object_name = status_name(&node, ns, name);
+                stale.remove(&object_name);
+                if let Err(err) =
+                    announce(&statuses, &object_name, &node, ns, name, &interfaces).await
+                {
+                    tracing::warn!(%service, "cannot record ServiceL2Status: {err}");
+                }
+                let note = format!("announcing from node \"{node}\" with protocol \"layer2\"");
+                event(&recorder, ns, name, EventType::Normal, "nodeAssigned", note).await;
+            }
+            Report::Withdrawn { service } => {
+                let (ns, name) = split(&service);
+                delete(&statuses, &status_name(&node, ns, name)).await;
+            }
+            Report::Conflict {
+                service,
+                ip,
+                detail,
+                announced,
+            } => {
+                let (ns, name) = split(&service);
+                let what = if announced {
+                    "while announcing it"
+                } else {
+                    "so it is not announced"
+                };
+                event(
+                    &recorder,
+                    ns,
+                    name,
+                    EventType::Warning,
+                    "IPConflict",
+                    format!("{ip}: {detail}, {what}"),
+                )
+                .await;
+            }
+            Report::NoInterface {
+                service,
+                ip,
+                wanted,
+            } => {
+                let (ns, name) = split(&service);
+                let note = format!(
+                    "{ip}: none of the interfaces {wanted:?} exists or is eligible on node \"{node}\""
+                );
+                event(
+                    &recorder,
+                    ns,
+                    name,
+                    EventType::Warning,
+                    "announceFailed",
+                    note,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn announce(
+    statuses: &Api<ServiceL2Status>,
+    object_name: &str,
+    node: &str,
+    ns: &str,
+    name: &str,
+    interfaces: &[String],
+) -> Result<(), kube::Error> {
+    let body: ServiceL2Status = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta1",
+        "kind": "ServiceL2Status",
+        "metadata": {
+            "name": object_name,
+            "labels": {NODE_LABEL: node, SERVICE_NAME_LABEL: name, SERVICE_NAMESPACE_LABEL: ns},
+        },
+        "spec": {},
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    match statuses.create(&PostParams::default(), &body).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(err) => return Err(err),
+    }
+    // Status is a subresource: written separately, as MetalLB's speaker does.
+    let status = json!({"status": {
+        "node": node,
+        "serviceName": name,
+        "serviceNamespace": ns,
+        "interfaces": interfaces.iter().map(|i| json!({"name": i})).collect::<Vec<_>>(),
+    }});
+    statuses
+        .patch_status(object_name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .map(|_| ())
+}
+
+async fn delete(statuses: &Api<ServiceL2Status>, name: &str) {
+    match statuses.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(err) => tracing::warn!(name, "cannot delete ServiceL2Status: {err}"),
+    }
+}
+
+async fn event(
+    recorder: &Recorder,
+    ns: &str,
+    name: &str,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: Some(name.to_owned()),
+        namespace: Some(ns.to_owned()),
+        ..Default::default()
+    };
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Announce".to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = recorder.publish(&event, &reference).await {
+        tracing::warn!(service = %format!("{ns}/{name}"), reason, "cannot record event: {err}");
+    }
+}
+
+fn split(service: &str) -> (&str, &str) {
+    service.split_once('/').unwrap_or(("default", service))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_are_dns_subdomains() {
+        assert_eq!(status_name("Node_1", "web", "app"), "l2-node-1-web-app");
+        let long = status_name(&"n".repeat(300), "web", "app");
+        assert!(long.len() <= 253 && !long.ends_with('-'));
+    }
+}

@@ -1,0 +1,214 @@
+//! The speaker's Kubernetes backend against a Kubernetes-speaking API server, through kube-rs's
+//! real client: the cluster view follows the API, and announcements become ServiceL2Status
+//! objects (status through the subresource) and events.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use std::time::Duration;
+
+use ferrolb_daemon::shutdown;
+use ferrolb_e2e::ApiServer;
+use ferrolb_speaker::kubernetes::{follow, record, status_name};
+use ferrolb_speaker::membership::{LiveSet, Member, MemberState};
+use ferrolb_speaker::node::{NodeSettings, Report, plan};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn seed(server: &ApiServer) {
+    for (name, ip) in [("n1", "10.250.0.1"), ("n2", "10.250.0.2")] {
+        server
+            .apply(
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
+            )
+            .unwrap();
+    }
+    server
+        .apply(
+            json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+            "metadata": {"name": "lan", "namespace": "metallb-system"},
+            "spec": {"addresses": ["10.250.0.100/30"]}}),
+        )
+        .unwrap();
+    server
+        .apply(
+            json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+            "metadata": {"name": "all", "namespace": "metallb-system"}, "spec": {}}),
+        )
+        .unwrap();
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "demo"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.250.0.100"}]}}}))
+        .unwrap();
+    server
+        .apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "demo", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.1.0.5"], "nodeName": "n2", "conditions": {"ready": true, "serving": true}}]}))
+        .unwrap();
+}
+
+fn live(names: &[&str]) -> LiveSet {
+    LiveSet {
+        members: names
+            .iter()
+            .map(|n| {
+                let member = Member {
+                    name: (*n).into(),
+                    address: "127.0.0.1:7946".parse().unwrap(),
+                    incarnation: 0,
+                    state: MemberState::Alive,
+                };
+                ((*n).to_owned(), member)
+            })
+            .collect(),
+    }
+}
+
+fn settings(node: &str) -> NodeSettings {
+    NodeSettings {
+        node_name: node.into(),
+        lb_class: None,
+        endpoints_required: true,
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_view_follows_the_api_and_elects_the_endpoint_node() {
+    let server = ApiServer::start().await.unwrap();
+    seed(&server);
+    let (_stop, shutdown) = shutdown::channel();
+    let (first, mut feed) = tokio::time::timeout(
+        WAIT,
+        follow(server.client().unwrap(), "metallb-system", shutdown),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (
+            first.services.len(),
+            first.nodes.len(),
+            first.endpoint_slices.len()
+        ),
+        (1, 2, 1)
+    );
+
+    // externalTrafficPolicy Local: only n2 hosts an endpoint, so n2 announces.
+    let both = live(&["n1", "n2"]);
+    let (_, n1_share, _) = plan(&first, &both, &settings("n1"));
+    let (_, n2_share, owned) = plan(&first, &both, &settings("n2"));
+    assert!(n1_share.is_empty());
+    assert_eq!(n2_share.keys().collect::<Vec<_>>(), ["demo/web"]);
+    assert!(
+        owned.values().all(|i| i.probe_first),
+        "never announced before: probe first"
+    );
+
+    // The endpoint goes away: nobody announces.
+    server
+        .delete(
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            Some("demo"),
+            "web-1",
+        )
+        .unwrap();
+    tokio::time::timeout(WAIT, feed.wait_for(|c| c.endpoint_slices.is_empty()))
+        .await
+        .unwrap()
+        .unwrap();
+    let cluster = feed.borrow().clone();
+    let (_, n2_share, _) = plan(&cluster, &both, &settings("n2"));
+    assert!(n2_share.is_empty());
+}
+
+#[tokio::test]
+async fn announcements_become_service_l2_statuses_and_events() {
+    let server = ApiServer::start().await.unwrap();
+    seed(&server);
+    let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(record(
+        server.client().unwrap(),
+        "metallb-system".into(),
+        "n2".into(),
+        reports,
+    ));
+
+    tx.send(Report::Announcing {
+        service: "demo/web".into(),
+        ips: vec!["10.250.0.100".parse().unwrap()],
+        interfaces: vec!["eth0".into()],
+    })
+    .unwrap();
+    let name = status_name("n2", "demo", "web");
+    let recorded = || {
+        server.get(
+            "metallb.io/v1beta1",
+            "ServiceL2Status",
+            Some("metallb-system"),
+            &name,
+        )
+    };
+    assert!(
+        server
+            .wait_for_requests(WAIT, |_| recorded()
+                .is_some_and(|s| s.pointer("/status/node").is_some()))
+            .await
+    );
+    let status = recorded().unwrap();
+    assert_eq!(status["status"]["node"], "n2");
+    assert_eq!(status["status"]["serviceName"], "web");
+    assert_eq!(status["status"]["interfaces"][0]["name"], "eth0");
+    assert_eq!(status["metadata"]["labels"]["metallb.io/node"], "n2");
+    let assigned = || {
+        server
+            .list("events.k8s.io/v1", "Event")
+            .into_iter()
+            .find(|e| e["reason"] == "nodeAssigned")
+    };
+    assert!(
+        server
+            .wait_for_requests(WAIT, |_| assigned().is_some())
+            .await
+    );
+    assert_eq!(
+        assigned().unwrap()["note"],
+        "announcing from node \"n2\" with protocol \"layer2\""
+    );
+
+    // A takeover view: another speaker's feed now sees the Service as announced (no probe).
+    let (_stop, shutdown) = shutdown::channel();
+    let (first, _) = follow(server.client().unwrap(), "metallb-system", shutdown)
+        .await
+        .unwrap();
+    assert!(first.announced.contains("demo/web"));
+
+    tx.send(Report::Conflict {
+        service: "demo/web".into(),
+        ip: "10.250.0.100".parse().unwrap(),
+        detail: "aa:bb:cc:dd:ee:ff on eth0 claims it".into(),
+        announced: true,
+    })
+    .unwrap();
+    tx.send(Report::Withdrawn {
+        service: "demo/web".into(),
+    })
+    .unwrap();
+    assert!(
+        server
+            .wait_for_requests(WAIT, |_| recorded().is_none())
+            .await,
+        "withdrawn: the record goes away"
+    );
+    assert!(
+        server
+            .list("events.k8s.io/v1", "Event")
+            .iter()
+            .any(|e| e["reason"] == "IPConflict" && e["type"] == "Warning")
+    );
+    drop(tx);
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
