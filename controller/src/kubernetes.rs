@@ -269,13 +269,7 @@ impl Writer {
                 message,
                 cause,
             } => {
-                if let Some(cause) = cause {
-                    metrics.failed(cause);
-                }
-                match severity {
-                    Severity::Normal => tracing::info!(service = %service, reason, "{message}"),
-                    Severity::Warning => tracing::warn!(service = %service, reason, "{message}"),
-                }
+                metrics.event(&service, severity, reason, &message, cause);
                 let reference = ObjectReference {
                     api_version: Some("v1".into()),
                     kind: Some("Service".into()),

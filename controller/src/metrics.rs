@@ -3,7 +3,8 @@
 
 use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::ipam::{FamilyStats, PoolStats};
+use crate::ipam::{FamilyStats, PoolStats, ServiceKey};
+use crate::reconcile::Severity;
 
 /// Every metric the controller exports, registered in one registry.
 #[derive(Clone, Debug)]
@@ -66,8 +67,23 @@ impl Metrics {
         })
     }
 
-    pub fn failed(&self, cause: &str) {
-        self.failures.with_label_values(&[cause]).inc();
+    /// Logs an event the reconciler asked for and counts it when it is a failure; both
+    /// backends do this before recording the event their own way.
+    pub fn event(
+        &self,
+        service: &ServiceKey,
+        severity: Severity,
+        reason: &str,
+        message: &str,
+        cause: Option<&str>,
+    ) {
+        if let Some(cause) = cause {
+            self.failures.with_label_values(&[cause]).inc();
+        }
+        match severity {
+            Severity::Normal => tracing::info!(service = %service, reason, "{message}"),
+            Severity::Warning => tracing::warn!(service = %service, reason, "{message}"),
+        }
     }
 
     /// Replaces the per-pool figures (pools that vanished disappear from the output).

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::ipam::ServiceKey;
 use crate::metrics::Metrics;
-use crate::reconcile::{Action, PoolStatus, Reconciler, Severity, VALID_CONDITION};
+use crate::reconcile::{Action, PoolStatus, Reconciler, VALID_CONDITION};
 
 /// Runs until shutdown. Fails only when the directory itself cannot be read or watched.
 pub async fn run(
@@ -138,13 +138,7 @@ fn carry_out(dir: &StateDir, actions: Vec<Action>, metrics: &Metrics) -> Vec<Ser
                 message,
                 cause,
             } => {
-                if let Some(cause) = cause {
-                    metrics.failed(cause);
-                }
-                match severity {
-                    Severity::Normal => tracing::info!(service = %service, reason, "{message}"),
-                    Severity::Warning => tracing::warn!(service = %service, reason, "{message}"),
-                }
+                metrics.event(&service, severity, reason, &message, cause);
                 Ok(())
             }
             Action::WritePool { pool, status } => {

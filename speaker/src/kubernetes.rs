@@ -21,7 +21,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::node::{Cluster, Report};
+use crate::node::{Cluster, Report, announced};
 
 // Boxing would cost an allocation per event for nothing: events are moved once.
 #[allow(clippy::large_enum_variant)]
@@ -70,18 +70,7 @@ impl Cache {
     }
 
     fn cluster(&self) -> Cluster {
-        let announced: BTreeSet<String> = self
-            .statuses
-            .all()
-            .iter()
-            .filter_map(|s| {
-                let status = s.status.as_ref()?;
-                Some(format!(
-                    "{}/{}",
-                    status.service_namespace, status.service_name
-                ))
-            })
-            .collect();
+        let announced = announced(self.statuses.all().iter());
         Cluster {
             services: self.services.all(),
             pools: self.pools.all(),

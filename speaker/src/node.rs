@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ferrolb_daemon::endpoint::Readiness;
 use ferrolb_daemon::shutdown::Shutdown;
-use ferrolb_proto::api::{IPAddressPool, L2Advertisement};
+use ferrolb_proto::api::{IPAddressPool, L2Advertisement, ServiceL2Status};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::{mpsc, watch};
@@ -30,6 +30,20 @@ pub struct Cluster {
     /// Services (`namespace/name`) some speaker has recorded announcing: taking those over
     /// must not wait for a conflict probe.
     pub announced: BTreeSet<String>,
+}
+
+/// The Services (`namespace/name`) that ServiceL2Status records say some speaker announces.
+pub fn announced<'a>(statuses: impl IntoIterator<Item = &'a ServiceL2Status>) -> BTreeSet<String> {
+    statuses
+        .into_iter()
+        .filter_map(|s| {
+            let status = s.status.as_ref()?;
+            Some(format!(
+                "{}/{}",
+                status.service_namespace, status.service_name
+            ))
+        })
+        .collect()
 }
 
 /// What the node tells its backend.

@@ -2,7 +2,6 @@
 //! It turns the directory into a [`Cluster`] on every change (inotify), records what this node
 //! announces as ServiceL2Status files under `status/l2/<node>/`, and logs events.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ferrolb_daemon::shutdown::Shutdown;
@@ -14,21 +13,11 @@ use kube::ResourceExt;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::node::{Cluster, Report};
+use crate::node::{Cluster, Report, announced};
 
 /// The cluster a snapshot describes.
 pub fn cluster(snapshot: Snapshot) -> Cluster {
-    let announced: BTreeSet<String> = snapshot
-        .l2_statuses
-        .iter()
-        .filter_map(|s| {
-            let status = s.status.as_ref()?;
-            Some(format!(
-                "{}/{}",
-                status.service_namespace, status.service_name
-            ))
-        })
-        .collect();
+    let announced = announced(&snapshot.l2_statuses);
     Cluster {
         services: snapshot.services,
         pools: snapshot.pools,
