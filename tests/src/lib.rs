@@ -9,6 +9,10 @@
 //! - [`pcap`]: the pcap file format tcpdump writes.
 //! - [`privilege`]: whether lab tests can run here, and skip-or-fail ([`lab_or_skip!`]).
 //! - [`tools`]: arping and ndisc6 from a namespace, answers parsed into MACs.
+//! - [`install`]: [`Install`], FerroLB standalone on a lab (state directory, controller, speakers).
+//! - [`journey`]: [`Journey`], the user's journey staged: lab, ingress, FerroLB, kube-proxy, client checks.
+//! - [`kubeproxy`]: the harness playing kube-proxy on the nodes (DNAT + masquerade).
+//! - [`ingress`]: [`IngressProxy`], nginx as the ingress proxy in its own namespace.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -31,6 +35,10 @@
 pub mod apiserver;
 pub mod capture;
 pub mod error;
+pub mod ingress;
+pub mod install;
+pub mod journey;
+pub mod kubeproxy;
 pub mod lab;
 pub mod netns;
 pub mod pcap;
@@ -42,6 +50,9 @@ pub use apiserver::ApiServer;
 pub use capture::Capture;
 pub use error::{LabError, Result};
 pub use ferrolb_proto::wire::MacAddr;
+pub use ingress::IngressProxy;
+pub use install::Install;
+pub use journey::Journey;
 pub use lab::{Host, Lab, LabBuilder, Nic};
 pub use netns::Namespace;
 pub use pcap::CapturedFrame;

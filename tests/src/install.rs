@@ -1,0 +1,498 @@
+//! FerroLB installed on a lab in standalone mode: one state directory shared by the controller
+//! and a speaker in every node's namespace, the real binaries, and what a scenario asks of them
+//! (write a manifest, wait for an IP, find the owner, kill a speaker).
+//!
+//! The binaries are the workspace's own `ferrolb-controller` and `ferrolb-speaker`, found beside
+//! the running executable (`target/debug/`, or its parent when run from `target/debug/deps/`), or
+//! in `FERROLB_BIN_DIR`. Build them first: `cargo build -p ferrolb-controller -p ferrolb-speaker`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::{LabError, Result};
+use crate::lab::{Host, Lab};
+use crate::process::Background;
+
+/// Environment variable naming the directory holding the FerroLB binaries, when they are not
+/// beside the running executable.
+pub const BIN_DIR_ENV: &str = "FERROLB_BIN_DIR";
+
+/// Which node (namespace) runs the controller: it only reads and writes the state directory, so
+/// any will do; a node keeps it off the host's network.
+const CONTROLLER_NODE: usize = 1;
+
+/// The full path of a FerroLB binary, or an error that says how to build it.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let mut tried = Vec::new();
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+        tried.push(PathBuf::from(dir).join(name));
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        tried.push(dir.join(name));
+        if dir.file_name().is_some_and(|n| n == "deps")
+            && let Some(parent) = dir.parent()
+        {
+            tried.push(parent.join(name));
+        }
+    }
+    tried.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+        LabError::Spec(format!(
+            "the `{name}` binary is not built (looked at {}); build it first: \
+             cargo build -p ferrolb-controller -p ferrolb-speaker (or set {BIN_DIR_ENV})",
+            list.join(", ")
+        ))
+    })
+}
+
+/// Manifests as users write them, as YAML text (pure).
+pub mod manifests {
+    use std::net::IpAddr;
+
+    /// A Node whose InternalIP is `ip`: the speakers find each other through these.
+    pub fn node(name: &str, ip: IpAddr) -> String {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {ip}\n"
+        )
+    }
+
+    /// An IPAddressPool in `metallb-system` with these ranges or CIDRs.
+    pub fn pool(name: &str, addresses: &[&str]) -> String {
+        let list: Vec<String> = addresses.iter().map(|a| format!("  - {a}\n")).collect();
+        format!(
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: {name}\n  namespace: metallb-system\nspec:\n  addresses:\n{}",
+            list.concat()
+        )
+    }
+
+    /// An L2Advertisement for every pool; `interfaces` limits it when not empty.
+    pub fn l2_advertisement(name: &str, interfaces: &[&str]) -> String {
+        let head = format!(
+            "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata:\n  name: {name}\n  namespace: metallb-system\n"
+        );
+        if interfaces.is_empty() {
+            head
+        } else {
+            format!("{head}spec:\n  interfaces: [{}]\n", interfaces.join(", "))
+        }
+    }
+
+    /// A LoadBalancer Service on port 80, with the options scenarios need.
+    #[derive(Debug, Clone)]
+    pub struct ServiceManifest {
+        pub namespace: String,
+        pub name: String,
+        pub annotations: Vec<(String, String)>,
+        pub local: bool,
+        pub dual_stack: bool,
+        pub port: u16,
+    }
+
+    /// `namespace/name`, type LoadBalancer, port 80, single stack, ETP Cluster.
+    pub fn service(namespace: &str, name: &str) -> ServiceManifest {
+        ServiceManifest {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            annotations: Vec::new(),
+            local: false,
+            dual_stack: false,
+            port: 80,
+        }
+    }
+
+    impl ServiceManifest {
+        /// Adds an annotation (`metallb.io/loadBalancerIPs`, ...).
+        pub fn annotation(mut self, key: &str, value: &str) -> Self {
+            self.annotations.push((key.to_owned(), value.to_owned()));
+            self
+        }
+
+        /// `externalTrafficPolicy: Local`.
+        pub fn local(mut self) -> Self {
+            self.local = true;
+            self
+        }
+
+        /// `ipFamilyPolicy: RequireDualStack`, `ipFamilies: [IPv4, IPv6]`.
+        pub fn dual_stack(mut self) -> Self {
+            self.dual_stack = true;
+            self
+        }
+
+        /// The YAML text.
+        pub fn yaml(&self) -> String {
+            let mut out = format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\n",
+                self.name, self.namespace
+            );
+            if !self.annotations.is_empty() {
+                out.push_str("  annotations:\n");
+                for (k, v) in &self.annotations {
+                    out.push_str(&format!("    {k}: \"{v}\"\n"));
+                }
+            }
+            out.push_str("spec:\n  type: LoadBalancer\n");
+            out.push_str(&format!(
+                "  ports:\n  - name: http\n    port: {}\n    protocol: TCP\n",
+                self.port
+            ));
+            if self.local {
+                out.push_str("  externalTrafficPolicy: Local\n");
+            }
+            if self.dual_stack {
+                out.push_str("  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n");
+            }
+            out
+        }
+    }
+
+    /// An EndpointSlice giving Service `namespace/service` one ready endpoint at `address` on
+    /// `node` (for `externalTrafficPolicy: Local`).
+    pub fn endpoint_slice(namespace: &str, service: &str, node: &str, address: IpAddr) -> String {
+        let family = if address.is_ipv4() { "IPv4" } else { "IPv6" };
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{node}\n  namespace: {namespace}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: {family}\nendpoints:\n- addresses: [\"{address}\"]\n  conditions: {{ready: true, serving: true}}\n  nodeName: {node}\nports:\n- name: http\n  port: 80\n  protocol: TCP\n"
+        )
+    }
+}
+
+/// FerroLB on a lab: the state directory, its membership key, the controller and the speakers.
+/// Processes are registered with the lab too, so they die with it whatever happens.
+#[derive(Debug)]
+pub struct Install {
+    dir: PathBuf,
+    key_file: PathBuf,
+    controller_bin: PathBuf,
+    speaker_bin: PathBuf,
+    nodes: Vec<Host>,
+    controller: Option<Background>,
+    speakers: BTreeMap<String, Background>,
+    extra_speaker_args: Vec<String>,
+}
+
+impl Install {
+    /// A fresh state directory in the lab's directory holding a Node manifest per lab node, and a
+    /// fresh membership key; nothing is started yet.
+    pub fn new(lab: &Lab) -> Result<Install> {
+        let controller_bin = binary("ferrolb-controller")?;
+        let speaker_bin = binary("ferrolb-speaker")?;
+        let dir = lab.dir().join("state");
+        let key_file = lab.dir().join("membership.key");
+        std::fs::create_dir_all(&dir).map_err(|source| LabError::Io {
+            context: format!("creating {}", dir.display()),
+            source,
+        })?;
+        write_file(&key_file, &format!("{}\n", random_key()?))?;
+        let install = Install {
+            dir,
+            key_file,
+            controller_bin,
+            speaker_bin,
+            nodes: lab.nodes().to_vec(),
+            controller: None,
+            speakers: BTreeMap::new(),
+            extra_speaker_args: Vec::new(),
+        };
+        for node in lab.nodes() {
+            install.write(
+                &format!("nodes/{}.yaml", node.name()),
+                &manifests::node(node.name(), node.ipv4().into()),
+            )?;
+        }
+        Ok(install)
+    }
+
+    /// Extra arguments for every speaker started from now on.
+    pub fn speaker_args(&mut self, args: &[&str]) {
+        self.extra_speaker_args = args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The membership key file.
+    pub fn key_file(&self) -> &Path {
+        &self.key_file
+    }
+
+    /// The controller binary.
+    pub fn controller_bin(&self) -> &Path {
+        &self.controller_bin
+    }
+
+    /// Writes a manifest file atomically (a hidden temporary file, then rename), so readers never
+    /// see half of it.
+    pub fn write(&self, relative: &str, text: &str) -> Result<()> {
+        let path = self.dir.join(relative);
+        let parent = path.parent().unwrap_or(&self.dir).to_owned();
+        std::fs::create_dir_all(&parent).map_err(|source| LabError::Io {
+            context: format!("creating {}", parent.display()),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = parent.join(format!(".{name}.tmp"));
+        write_file(&tmp, text)?;
+        std::fs::rename(&tmp, &path).map_err(|source| LabError::Io {
+            context: format!("renaming {} to {}", tmp.display(), path.display()),
+            source,
+        })
+    }
+
+    /// Deletes a manifest file.
+    pub fn remove(&self, relative: &str) -> Result<()> {
+        let path = self.dir.join(relative);
+        std::fs::remove_file(&path).map_err(|source| LabError::Io {
+            context: format!("removing {}", path.display()),
+            source,
+        })
+    }
+
+    /// Starts the controller (in node 1's namespace; it only touches the directory).
+    pub fn start_controller(&mut self) -> Result<()> {
+        let node = self.node(CONTROLLER_NODE)?.clone();
+        let process = node.ns().spawn([
+            self.controller_bin.to_string_lossy().as_ref(),
+            "--state-dir",
+            &self.dir.to_string_lossy(),
+            "--metrics-addr",
+            "127.0.0.1:7472",
+        ])?;
+        self.controller = Some(process);
+        Ok(())
+    }
+
+    /// Kills the controller (SIGKILL) and reaps it.
+    pub fn kill_controller(&mut self) -> Result<()> {
+        if let Some(process) = self.controller.take() {
+            process.kill()?;
+        }
+        Ok(())
+    }
+
+    /// The running controller, if any.
+    pub fn controller(&self) -> Option<&Background> {
+        self.controller.as_ref()
+    }
+
+    /// Starts the speaker of node `i` (counted from 1).
+    pub fn start_speaker(&mut self, i: usize) -> Result<()> {
+        let node = self.node(i)?.clone();
+        let mut argv: Vec<String> = vec![
+            self.speaker_bin.to_string_lossy().into_owned(),
+            "run".to_owned(),
+            "--node-name".to_owned(),
+            node.name().to_owned(),
+            "--state-dir".to_owned(),
+            self.dir.to_string_lossy().into_owned(),
+            "--membership-key-file".to_owned(),
+            self.key_file.to_string_lossy().into_owned(),
+            "--metrics-addr".to_owned(),
+            "127.0.0.1:7473".to_owned(),
+        ];
+        argv.extend(self.extra_speaker_args.iter().cloned());
+        let process = node.ns().spawn(argv)?;
+        self.speakers.insert(node.name().to_owned(), process);
+        Ok(())
+    }
+
+    /// Starts a speaker on every node.
+    pub fn start_speakers(&mut self) -> Result<()> {
+        (1..=self.nodes.len()).try_for_each(|i| self.start_speaker(i))
+    }
+
+    /// The controller and every speaker.
+    pub fn start_all(&mut self) -> Result<()> {
+        self.start_controller()?;
+        self.start_speakers()
+    }
+
+    /// SIGKILLs the speaker of node `name` (a crash) and reaps it.
+    pub fn kill_speaker(&mut self, name: &str) -> Result<()> {
+        match self.speakers.remove(name) {
+            Some(process) => process.kill().map(drop),
+            None => Err(LabError::Spec(format!("no speaker runs on node {name}"))),
+        }
+    }
+
+    /// The speaker process of node `name`, if running.
+    pub fn speaker(&self, name: &str) -> Option<&Background> {
+        self.speakers.get(name)
+    }
+
+    /// Node `i`, counted from 1.
+    pub fn node(&self, i: usize) -> Result<&Host> {
+        i.checked_sub(1)
+            .and_then(|index| self.nodes.get(index))
+            .ok_or_else(|| LabError::Spec(format!("no node {i} in this lab")))
+    }
+
+    /// The node with this MAC on `eth0` or `eth1`.
+    pub fn node_by_mac(&self, mac: crate::MacAddr) -> Option<&Host> {
+        self.nodes
+            .iter()
+            .find(|n| n.mac() == mac || n.eth1().is_some_and(|e| e.mac == mac))
+    }
+
+    /// The IPs the controller wrote for Service `namespace/name` (empty when it has none).
+    pub fn service_ips(&self, namespace: &str, name: &str) -> Vec<IpAddr> {
+        let path = self
+            .dir
+            .join(format!("status/services/{namespace}/{name}.yaml"));
+        let Some(value) = read_yaml(&path) else {
+            return Vec::new();
+        };
+        value
+            .pointer("/status/loadBalancer/ingress")
+            .and_then(|v| v.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|i| i.get("ip")?.as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until Service `namespace/name` has IPs that satisfy `done`, or fails after
+    /// `timeout` naming what it saw (and the controller's log).
+    pub fn wait_ips(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[IpAddr]) -> bool,
+    ) -> Result<Vec<IpAddr>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ips = self.service_ips(namespace, name);
+            if done(&ips) {
+                return Ok(ips);
+            }
+            if Instant::now() >= deadline {
+                let log = self
+                    .controller
+                    .as_ref()
+                    .and_then(|c| c.log().ok())
+                    .unwrap_or_default();
+                return Err(LabError::Output {
+                    command: "ferrolb-controller".to_owned(),
+                    namespace: self.dir.display().to_string(),
+                    reason: format!(
+                        "Service {namespace}/{name}: the awaited IPs were not written within {timeout:?}; last seen {ips:?}; controller log:\n{log}"
+                    ),
+                });
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for Service `namespace/name` to get at least one IP; returns the first.
+    pub fn wait_ip(&self, namespace: &str, name: &str, timeout: Duration) -> Result<IpAddr> {
+        let ips = self.wait_ips(namespace, name, timeout, |ips| !ips.is_empty())?;
+        ips.first()
+            .copied()
+            .ok_or_else(|| LabError::Spec("no IP".to_owned()))
+    }
+
+    /// The nodes whose speaker records announcing Service `namespace/name`
+    /// (`status/l2/<node>/<namespace>/<name>.yaml`); a crashed speaker's record stays behind.
+    pub fn recorded_owners(&self, namespace: &str, name: &str) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                self.dir
+                    .join(format!("status/l2/{}/{namespace}/{name}.yaml", n.name()))
+                    .is_file()
+            })
+            .map(|n| n.name().to_owned())
+            .collect()
+    }
+
+    /// Every speaker's log, for failure messages.
+    pub fn speaker_logs(&self) -> String {
+        self.speakers
+            .iter()
+            .map(|(name, p)| format!("--- speaker {name}:\n{}", p.log().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    let mut file = std::fs::File::create(path).map_err(|source| LabError::Io {
+        context: format!("creating {}", path.display()),
+        source,
+    })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|source| LabError::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        })
+}
+
+fn read_yaml(path: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_yaml_ng::from_str(&text).ok()
+}
+
+/// 32 random bytes from the kernel as 64 hex digits: a membership key.
+pub fn random_key() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    let mut urandom = std::fs::File::open("/dev/urandom").map_err(|source| LabError::Io {
+        context: "opening /dev/urandom".to_owned(),
+        source,
+    })?;
+    std::io::Read::read_exact(&mut urandom, &mut bytes).map_err(|source| LabError::Io {
+        context: "reading /dev/urandom".to_owned(),
+        source,
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::manifests;
+    use ferrolb_proto::api::manifest::{Manifest, parse_documents};
+
+    #[test]
+    fn manifests_read_back_as_their_kinds() {
+        let ip = std::net::IpAddr::from([10, 250, 0, 1]);
+        let texts = [
+            manifests::node("n1", ip),
+            manifests::pool("lan", &["10.250.0.100-10.250.0.110", "fd00:250::100/124"]),
+            manifests::l2_advertisement("all", &[]),
+            manifests::l2_advertisement("eth1", &["eth1"]),
+            manifests::service("demo", "web")
+                .annotation("metallb.io/loadBalancerIPs", "10.250.0.105")
+                .local()
+                .dual_stack()
+                .yaml(),
+            manifests::endpoint_slice("demo", "web", "n2", ip),
+        ];
+        for text in &texts {
+            let parsed: Vec<_> = parse_documents("x.yaml", text).into_iter().collect();
+            assert_eq!(parsed.len(), 1, "{text}");
+            match &parsed[0] {
+                Ok(
+                    Manifest::Node(_)
+                    | Manifest::IPAddressPool(_)
+                    | Manifest::L2Advertisement(_)
+                    | Manifest::Service(_)
+                    | Manifest::EndpointSlice(_),
+                ) => {}
+                other => panic!("{text}\nread as {other:?}"),
+            }
+        }
+    }
+}
