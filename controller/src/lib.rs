@@ -6,6 +6,7 @@
 //! - [`standalone`]: the backend over a directory of manifests.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`leader`]: leader election over a Lease, so two replicas are safe.
+//! - [`status`]: the `status` view: Services, IPs, owners, problems and pool usage, as text.
 
 pub mod ipam;
 pub mod kubernetes;
@@ -13,3 +14,4 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod standalone;
+pub mod status;

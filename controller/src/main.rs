@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ferrolb_controller::metrics::Metrics;
-use ferrolb_controller::{kubernetes, leader, standalone};
+use ferrolb_controller::{
+    kubernetes, leader, standalone,
+    status::{self, View},
+};
 use ferrolb_daemon::endpoint::{self, Readiness};
 use ferrolb_daemon::statedir::StateDir;
 use ferrolb_daemon::{shutdown, telemetry};
@@ -16,8 +19,41 @@ use ferrolb_daemon::{shutdown, telemetry};
 ///
 /// With --state-dir it runs standalone on a directory of manifests (IPAddressPools, Services,
 /// Namespaces) and writes each Service's allocation to <dir>/status/.
+/// `ferrolb-controller status` shows what FerroLB is doing instead of running it.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Without a subcommand: run the controller with these flags.
+    #[command(flatten)]
+    run: Flags,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Show each LoadBalancer Service (IPs, pool, announcing node, since when, problems) and pool
+    /// usage, from a state directory (--state-dir) or the cluster in KUBECONFIG.
+    Status(StatusFlags),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusFlags {
+    /// Read this standalone state directory instead of a Kubernetes cluster.
+    #[arg(long, env = "FERROLB_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Show Services of this spec.loadBalancerClass (default: Services without one).
+    #[arg(long, env = "FERROLB_LB_CLASS", value_name = "CLASS")]
+    lb_class: Option<String>,
+
+    /// Namespace holding the IPAddressPools and ServiceL2Statuses (cluster only).
+    #[arg(long, env = "FERROLB_NAMESPACE", default_value = "metallb-system")]
+    namespace: String,
+}
+
+/// The controller's flags.
+#[derive(Debug, clap::Args)]
 struct Flags {
     /// Run standalone on this directory of manifests instead of a Kubernetes cluster.
     #[arg(long, env = "FERROLB_STATE_DIR", value_name = "DIR")]
@@ -57,7 +93,11 @@ struct Flags {
 }
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let cli = Cli::parse();
+    let flags = match cli.command {
+        Some(Command::Status(flags)) => return status(flags),
+        None => cli.run,
+    };
     telemetry::init(flags.log_format, &flags.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -155,4 +195,44 @@ async fn run_kubernetes(
     };
     kubernetes::run(client, settings, metrics, readiness, leading, stop).await;
     Ok(())
+}
+
+/// `ferrolb-controller status`: prints the view once.
+fn status(flags: StatusFlags) -> ExitCode {
+    let inputs = match flags.state_dir {
+        Some(dir) => StateDir::open(&dir)
+            .and_then(|dir| dir.read())
+            .map(|snapshot| status::from_state_dir(snapshot, flags.lb_class))
+            .map_err(|err| format!("cannot read the state directory {}: {err}", dir.display())),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| format!("cannot start the async runtime: {err}"))
+            .and_then(|runtime| {
+                runtime.block_on(async {
+                    let client = kube::Client::try_default().await.map_err(|err| {
+                        format!(
+                            "cannot reach the Kubernetes API (KUBECONFIG): {err}; for a standalone \
+                             install, use --state-dir DIR"
+                        )
+                    })?;
+                    status::from_cluster(client, &flags.namespace, flags.lb_class)
+                        .await
+                        .map_err(|err| format!("cannot list from the cluster: {err}"))
+                })
+            }),
+    };
+    match inputs {
+        Ok(inputs) => {
+            print!(
+                "{}",
+                View::build(inputs).render(k8s_openapi::jiff::Timestamp::now())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("ferrolb-controller status: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -112,7 +112,7 @@ fn pool_and_service_give_an_ip_that_arping_and_curl_reach() {
     assert_eq!(macs, vec![owner_mac; 5], "five answers, all from {owner}");
     assert_eq!(
         journey.install.recorded_owners("demo", "web"),
-        [owner.clone()]
+        std::slice::from_ref(&owner)
     );
 
     let page = journey.curl_until(ip, ANSWER).unwrap();

@@ -1,0 +1,469 @@
+//! `ferrolb-controller status`: what FerroLB is doing, at a glance. Each LoadBalancer Service
+//! with its IPs, pool, the node that answers for it and since when, and why not when something is
+//! wrong; then each pool's usage.
+//!
+//! [`View::build`] and [`View::render`] are pure: objects in, text out. The shells read them from
+//! a standalone state directory ([`from_state_dir`]) or a cluster ([`from_cluster`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ferrolb_proto::api::annotations::IP_ALLOCATED_FROM_POOL;
+use ferrolb_proto::api::state::Snapshot;
+use ferrolb_proto::api::{IPAddressPool, ServiceL2Status};
+use k8s_openapi::api::core::v1::{Event, Namespace, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::ipam::{ServiceKey, handled_by, status_ips};
+use crate::reconcile::{Action, Reconciler, Severity};
+
+/// What the view is made from.
+#[derive(Debug, Default, Clone)]
+pub struct Inputs {
+    pub pools: Vec<IPAddressPool>,
+    pub namespaces: Vec<Namespace>,
+    pub services: Vec<Service>,
+    pub l2_statuses: Vec<ServiceL2Status>,
+    /// The latest Warning event per Service (`namespace/name`), in a cluster.
+    pub warnings: BTreeMap<String, String>,
+    /// Only Services of this loadBalancerClass (default: those without one).
+    pub lb_class: Option<String>,
+}
+
+/// One Service's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRow {
+    pub service: String,
+    pub ips: Vec<IpAddr>,
+    pub pool: Option<String>,
+    /// The node answering for it, from the newest ServiceL2Status, with its creation time.
+    pub owner: Option<(String, Option<Timestamp>)>,
+    /// Other nodes with a record for it (a crashed speaker leaves its record behind).
+    pub other_records: Vec<String>,
+    /// Why it has no IP or no owner, or the latest warning about it.
+    pub problem: Option<String>,
+}
+
+/// One pool's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRow {
+    pub name: String,
+    pub addresses: Vec<String>,
+    /// Counters the controller wrote: (assigned, available) per family; `None` before it has.
+    pub ipv4: Option<(i64, i64)>,
+    pub ipv6: Option<(i64, i64)>,
+    /// Why the pool hands out nothing, when its Valid condition is False.
+    pub invalid: Option<String>,
+}
+
+/// The whole view.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct View {
+    pub services: Vec<ServiceRow>,
+    pub pools: Vec<PoolRow>,
+}
+
+impl View {
+    /// Builds the view. A Service without IPs gets the reason the allocator gives for it now
+    /// (the allocator is pure: it is run here on the same objects, nothing is written).
+    pub fn build(inputs: Inputs) -> View {
+        let Inputs {
+            pools,
+            namespaces,
+            services,
+            l2_statuses,
+            warnings,
+            lb_class,
+        } = inputs;
+        let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+        let mut reconciler = Reconciler::new(lb_class.clone());
+        for action in reconciler.start(pools.clone(), namespaces, services.clone()) {
+            if let Action::Event {
+                service,
+                severity: Severity::Warning,
+                reason,
+                message,
+                cause: Some(_),
+            } = action
+            {
+                reasons.insert(service.to_string(), format!("{reason}: {message}"));
+            }
+        }
+
+        let mut records: BTreeMap<String, Vec<(String, Option<Timestamp>)>> = BTreeMap::new();
+        for record in &l2_statuses {
+            let Some(status) = &record.status else {
+                continue;
+            };
+            let key = format!("{}/{}", status.service_namespace, status.service_name);
+            let created = record.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            records
+                .entry(key)
+                .or_default()
+                .push((status.node.clone(), created));
+        }
+
+        let mut rows: Vec<ServiceRow> = services
+            .iter()
+            .filter(|svc| handled_by(svc, lb_class.as_deref()))
+            .map(|svc| {
+                let key = ServiceKey::new(
+                    &svc.namespace().unwrap_or_else(|| "default".to_owned()),
+                    &svc.name_any(),
+                );
+                let name = key.to_string();
+                let ips = status_ips(svc, &key).unwrap_or_default();
+                let pool = svc.annotations().get(IP_ALLOCATED_FROM_POOL).cloned();
+                let mut recorded = records.remove(&name).unwrap_or_default();
+                // Newest first; a record without a time sorts last.
+                recorded.sort_by_key(|r| std::cmp::Reverse(r.1));
+                let owner = (!ips.is_empty()).then(|| recorded.first().cloned()).flatten();
+                let other_records = recorded
+                    .iter()
+                    .skip(usize::from(owner.is_some()))
+                    .map(|(node, _)| node.clone())
+                    .collect();
+                let problem = if ips.is_empty() {
+                    Some(
+                        reasons
+                            .get(&name)
+                            .cloned()
+                            .unwrap_or_else(|| "pending: the controller has not allocated an IP yet".to_owned()),
+                    )
+                } else if owner.is_none() {
+                    Some(warnings.get(&name).cloned().unwrap_or_else(|| {
+                        "not announced: no speaker records answering for it (speakers running? an L2Advertisement selecting its pool and a node? with externalTrafficPolicy Local, a ready endpoint?)".to_owned()
+                    }))
+                } else {
+                    warnings.get(&name).cloned()
+                };
+                ServiceRow {
+                    service: name,
+                    ips,
+                    pool,
+                    owner,
+                    other_records,
+                    problem,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.service.cmp(&b.service));
+
+        let pools = pools
+            .iter()
+            .map(|pool| {
+                let status = pool.status.as_ref();
+                let invalid = status.and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == "Valid" && c.status == "False")
+                        .map(|c| format!("{}: {}", c.reason, c.message))
+                });
+                PoolRow {
+                    name: pool.name_any(),
+                    addresses: pool.spec.addresses.clone(),
+                    ipv4: status.map(|s| (s.assigned_ipv4, s.available_ipv4)),
+                    ipv6: status.map(|s| (s.assigned_ipv6, s.available_ipv6)),
+                    invalid,
+                }
+            })
+            .collect();
+        View {
+            services: rows,
+            pools,
+        }
+    }
+
+    /// The text shown to the user; `now` makes "since" relative.
+    pub fn render(&self, now: Timestamp) -> String {
+        let mut out = String::new();
+        out.push_str("SERVICES (type LoadBalancer)\n");
+        if self.services.is_empty() {
+            out.push_str("  none\n");
+        }
+        let table: Vec<[String; 5]> = self
+            .services
+            .iter()
+            .map(|row| {
+                let ips = if row.ips.is_empty() {
+                    "<pending>".to_owned()
+                } else {
+                    row.ips
+                        .iter()
+                        .map(IpAddr::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let (owner, since) = match &row.owner {
+                    Some((node, Some(at))) => (node.clone(), since(*at, now)),
+                    Some((node, None)) => (node.clone(), "-".to_owned()),
+                    None => ("-".to_owned(), "-".to_owned()),
+                };
+                [
+                    row.service.clone(),
+                    ips,
+                    row.pool.clone().unwrap_or_else(|| "-".to_owned()),
+                    owner,
+                    since,
+                ]
+            })
+            .collect();
+        let header = ["SERVICE", "IPS", "POOL", "NODE", "SINCE"].map(str::to_owned);
+        if !table.is_empty() {
+            write_table(&mut out, &header, &table);
+        }
+        for row in &self.services {
+            if let Some(problem) = &row.problem {
+                let _ = writeln!(out, "  ! {}: {problem}", row.service);
+            }
+            if !row.other_records.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  ~ {}: older records from {} (left by a stopped or crashed speaker)",
+                    row.service,
+                    row.other_records.join(", ")
+                );
+            }
+        }
+
+        out.push_str("\nPOOLS\n");
+        if self.pools.is_empty() {
+            out.push_str("  none\n");
+        }
+        let table: Vec<[String; 4]> = self
+            .pools
+            .iter()
+            .map(|pool| {
+                let usage = |family: &str, counters: Option<(i64, i64)>| match counters {
+                    Some((0, 0)) => None,
+                    Some((used, free)) => Some(format!("{family} {used} used, {free} free")),
+                    None => None,
+                };
+                let mut usages: Vec<String> = [usage("IPv4", pool.ipv4), usage("IPv6", pool.ipv6)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if pool.ipv4.is_none() {
+                    usages.push("no counters yet (is the controller running?)".to_owned());
+                }
+                [
+                    pool.name.clone(),
+                    pool.addresses.join(","),
+                    usages.join("; "),
+                    if pool.invalid.is_some() {
+                        "INVALID".to_owned()
+                    } else {
+                        "ok".to_owned()
+                    },
+                ]
+            })
+            .collect();
+        if !table.is_empty() {
+            let header = ["POOL", "ADDRESSES", "USAGE", "STATE"].map(str::to_owned);
+            write_table(&mut out, &header, &table);
+        }
+        for pool in &self.pools {
+            if let Some(why) = &pool.invalid {
+                let _ = writeln!(out, "  ! pool {}: {why}", pool.name);
+            }
+        }
+        out
+    }
+}
+
+/// Aligned columns, two spaces apart, indented by two.
+fn write_table<const N: usize>(out: &mut String, header: &[String; N], rows: &[[String; N]]) {
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "  {}", cells.join("  ").trim_end());
+    }
+}
+
+/// `08:31:02 (12s ago)`: the UTC time and how long ago.
+fn since(at: Timestamp, now: Timestamp) -> String {
+    let ago = now.as_second().saturating_sub(at.as_second()).max(0);
+    let ago = match ago {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    };
+    let text = at.to_string();
+    let clock = text
+        .split_once('T')
+        .map(|(_, t)| t.chars().take(8).collect::<String>())
+        .unwrap_or(text);
+    format!("{clock}Z ({ago} ago)")
+}
+
+/// The inputs a standalone state directory holds.
+pub fn from_state_dir(snapshot: Snapshot, lb_class: Option<String>) -> Inputs {
+    Inputs {
+        pools: snapshot.pools,
+        namespaces: snapshot.namespaces,
+        services: snapshot.services,
+        l2_statuses: snapshot.l2_statuses,
+        warnings: BTreeMap::new(),
+        lb_class,
+    }
+}
+
+/// The inputs a cluster holds: every Service, the pools and ServiceL2Statuses in `namespace`,
+/// Namespaces, and the latest Warning event of each Service.
+pub async fn from_cluster(
+    client: kube::Client,
+    namespace: &str,
+    lb_class: Option<String>,
+) -> Result<Inputs, kube::Error> {
+    use kube::api::{Api, ListParams};
+    let lp = ListParams::default();
+    let services = Api::<Service>::all(client.clone()).list(&lp).await?.items;
+    let pools = Api::<IPAddressPool>::namespaced(client.clone(), namespace)
+        .list(&lp)
+        .await?
+        .items;
+    let l2_statuses = Api::<ServiceL2Status>::namespaced(client.clone(), namespace)
+        .list(&lp)
+        .await?
+        .items;
+    // Namespaces and events help but are not essential: a restricted user may not list them.
+    let namespaces = Api::<Namespace>::all(client.clone())
+        .list(&lp)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let events = Api::<Event>::all(client)
+        .list(&ListParams::default().fields("type=Warning,involvedObject.kind=Service"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    Ok(Inputs {
+        pools,
+        namespaces,
+        services,
+        l2_statuses,
+        warnings: latest_warnings(&events),
+        lb_class,
+    })
+}
+
+/// The latest Warning per Service: `reason: message`.
+fn latest_warnings(events: &[Event]) -> BTreeMap<String, String> {
+    let mut latest: BTreeMap<String, (Option<Timestamp>, String)> = BTreeMap::new();
+    for event in events {
+        let object = &event.involved_object;
+        let (Some(ns), Some(name)) = (&object.namespace, &object.name) else {
+            continue;
+        };
+        let at = event
+            .last_timestamp
+            .as_ref()
+            .or(event.first_timestamp.as_ref())
+            .map(|t| t.0);
+        let text = format!(
+            "{}: {}",
+            event.reason.as_deref().unwrap_or("Warning"),
+            event.message.as_deref().unwrap_or("")
+        );
+        let key = format!("{ns}/{name}");
+        if latest.get(&key).is_none_or(|(seen, _)| at >= *seen) {
+            latest.insert(key, (at, text));
+        }
+    }
+    latest.into_iter().map(|(k, (_, text))| (k, text)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn snapshot(files: &[(&str, &str)]) -> Snapshot {
+        Snapshot::from_files(files.iter().copied())
+    }
+
+    const POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lan, namespace: metallb-system}\nspec: {addresses: [10.250.0.100-10.250.0.100]}\n";
+    const POOL_STATUS: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lan}\nspec: {addresses: []}\nstatus: {assignedIPv4: 1, assignedIPv6: 0, availableIPv4: 0, availableIPv6: 0}\n";
+
+    fn service(name: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n"
+        )
+    }
+
+    fn l2(node: &str, at: &str) -> String {
+        format!(
+            "apiVersion: metallb.io/v1beta1\nkind: ServiceL2Status\nmetadata: {{name: l2-web, namespace: demo, creationTimestamp: \"{at}\"}}\nspec: {{}}\nstatus: {{node: {node}, serviceName: web, serviceNamespace: demo}}\n"
+        )
+    }
+
+    #[test]
+    fn owner_pool_pending_reason_and_usage() {
+        let web = service("web");
+        let api = service("api");
+        let old = l2("n1", "2025-01-01T10:00:00Z");
+        let new = l2("n2", "2025-01-01T10:00:30Z");
+        let status = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo, annotations: {metallb.io/ip-allocated-from-pool: lan}}\nstatus: {loadBalancer: {ingress: [{ip: 10.250.0.100}]}}\n";
+        let snap = snapshot(&[
+            ("pool.yaml", POOL),
+            ("web.yaml", &web),
+            ("zapi.yaml", &api),
+            ("status/services/demo/web.yaml", status),
+            ("status/ipaddresspools/lan.yaml", POOL_STATUS),
+            ("status/l2/n1/demo/web.yaml", &old),
+            ("status/l2/n2/demo/web.yaml", &new),
+        ]);
+        let view = View::build(from_state_dir(snap, None));
+        let [api_row, web_row] = &view.services[..] else {
+            panic!("{view:?}");
+        };
+        assert_eq!(web_row.service, "demo/web");
+        assert_eq!(web_row.pool.as_deref(), Some("lan"));
+        assert_eq!(web_row.owner.as_ref().unwrap().0, "n2", "the newest record");
+        assert_eq!(web_row.other_records, ["n1"]);
+        assert!(api_row.ips.is_empty());
+        let why = api_row.problem.as_deref().unwrap();
+        assert!(why.contains("AllocationFailed"), "{why}");
+
+        let now: Timestamp = "2025-01-01T10:01:00Z".parse().unwrap();
+        let text = view.render(now);
+        assert!(
+            text.contains("demo/web  10.250.0.100  lan   n2    10:00:30Z (30s ago)"),
+            "{text}"
+        );
+        assert!(text.contains("demo/api  <pending>"), "{text}");
+        assert!(text.contains("! demo/api: AllocationFailed"), "{text}");
+        assert!(text.contains("older records from n1"), "{text}");
+        assert!(
+            text.contains("lan   10.250.0.100-10.250.0.100  IPv4 1 used, 0 free  ok"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_allocated_service_nobody_announces_says_so() {
+        let web = service("web");
+        let status = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nstatus: {loadBalancer: {ingress: [{ip: 10.250.0.100}]}}\n";
+        let snap = snapshot(&[
+            ("pool.yaml", POOL),
+            ("web.yaml", &web),
+            ("status/services/demo/web.yaml", status),
+        ]);
+        let view = View::build(from_state_dir(snap, None));
+        let text = view.render(Timestamp::now());
+        assert!(text.contains("! demo/web: not announced"), "{text}");
+        assert!(text.contains("no counters yet"), "{text}");
+    }
+}
