@@ -44,8 +44,9 @@ EXPECTED = set().union(
     grants("speaker", NAMESPACE, "metallb.io", "l2advertisements", "list", "watch"),
     grants("speaker", NAMESPACE, "metallb.io", "servicel2statuses",
            "get", "list", "watch", "create", "update", "patch", "delete"),
-    # ServiceL2Status carries only status, and its CRD has the status subresource.
-    grants("speaker", NAMESPACE, "metallb.io", "servicel2statuses/status", "update", "patch"),
+    # ServiceL2Status carries only status, and its CRD has the status subresource:
+    # speaker/src/kubernetes.rs creates the object, then patch_status.
+    grants("speaker", NAMESPACE, "metallb.io", "servicel2statuses/status", "patch"),
 )
 
 # Verbs that may be narrowed to one object by resourceNames, and to which name.
