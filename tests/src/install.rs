@@ -25,6 +25,9 @@ pub const BIN_DIR_ENV: &str = "FERROLB_BIN_DIR";
 /// any will do; a node keeps it off the host's network.
 const CONTROLLER_NODE: usize = 1;
 
+/// How long speakers started together may take to find each other.
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The full path of a FerroLB binary, or an error that says how to build it.
 pub fn binary(name: &str) -> Result<PathBuf> {
     let mut tried = Vec::new();
@@ -272,6 +275,30 @@ impl Install {
         Ok(())
     }
 
+    /// Waits until the running controller logs that it is ready (it has read the directory and
+    /// written what differed), or fails after `timeout` with its log.
+    pub fn wait_controller_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let process = self
+            .controller
+            .as_ref()
+            .ok_or_else(|| LabError::Spec("the controller is not running".to_owned()))?;
+        loop {
+            let log = process.log()?;
+            if log.contains("standalone controller ready") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline || !process.is_running()? {
+                return Err(LabError::Output {
+                    command: process.command().to_owned(),
+                    namespace: process.namespace().to_owned(),
+                    reason: format!("not ready within {timeout:?}; log:\n{log}"),
+                });
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Kills the controller (SIGKILL) and reaps it.
     pub fn kill_controller(&mut self) -> Result<()> {
         if let Some(process) = self.controller.take() {
@@ -311,10 +338,42 @@ impl Install {
         (1..=self.nodes.len()).try_for_each(|i| self.start_speaker(i))
     }
 
-    /// The controller and every speaker.
+    /// Every speaker, then (once they have all met: see [`wait_membership`](Self::wait_membership))
+    /// the controller. In that order no speaker sees an IP to elect an owner for while it still
+    /// believes itself alone.
     pub fn start_all(&mut self) -> Result<()> {
-        self.start_controller()?;
-        self.start_speakers()
+        self.start_speakers()?;
+        self.wait_membership(MEMBERSHIP_TIMEOUT)?;
+        self.start_controller()
+    }
+
+    /// Waits until every running speaker has logged `member up` for every other running one,
+    /// or fails after `timeout` with their logs.
+    pub fn wait_membership(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running: Vec<&String> = self.speakers.keys().collect();
+            let met = self.speakers.iter().all(|(me, process)| {
+                let log = process.log().unwrap_or_default();
+                running.iter().filter(|other| **other != me).all(|other| {
+                    log.contains(&format!("member up node=\"{me}\" member=\"{other}\""))
+                })
+            });
+            if met {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Output {
+                    command: "ferrolb-speaker run".to_owned(),
+                    namespace: self.dir.display().to_string(),
+                    reason: format!(
+                        "the speakers did not all meet within {timeout:?}:\n{}",
+                        self.speaker_logs()
+                    ),
+                });
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGKILLs the speaker of node `name` (a crash) and reaps it.

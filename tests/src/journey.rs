@@ -96,6 +96,22 @@ impl Journey {
         self.single_node(&format!("arping {ip}"), &macs)
     }
 
+    /// Repeats single arpings until the answering MAC satisfies `done`; returns it.
+    pub fn arp_until(
+        &self,
+        iface: &str,
+        ip: Ipv4Addr,
+        timeout: Duration,
+        mut done: impl FnMut(MacAddr) -> bool,
+    ) -> Result<MacAddr> {
+        let macs = tools::arping_until(self.client().ns(), iface, ip, timeout, |macs| {
+            macs.len() == 1 && macs.iter().all(|m| done(*m))
+        })?;
+        macs.first()
+            .copied()
+            .ok_or_else(|| LabError::Spec("no answer".to_owned()))
+    }
+
     /// Asks `count` times, 20 ms apart; every answer must come from one node, which is returned.
     pub fn arp_answers(&self, iface: &str, ip: Ipv4Addr, count: u32) -> Result<Vec<MacAddr>> {
         tools::arping(
@@ -173,18 +189,40 @@ impl Journey {
             .find(|n| IpAddr::V4(n.ipv4()) == addr || IpAddr::V6(n.ipv6()) == addr)
     }
 
+    /// The addresses on `node`'s interface `iface` (for the local-listener hand-off: the VIPs
+    /// its speaker holds on the dummy interface); empty when the interface does not exist.
+    pub fn local_vips(&self, node: &Host, iface: &str) -> Result<Vec<IpAddr>> {
+        let out = node.ns().exec(["ip", "-j", "addr", "show", "dev", iface])?;
+        if !out.status.success() {
+            return Ok(Vec::new());
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| LabError::Output {
+                command: format!("ip -j addr show dev {iface}"),
+                namespace: node.namespace().to_owned(),
+                reason: format!("not JSON: {e}"),
+            })?;
+        Ok(json
+            .pointer("/0/addr_info")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.get("local")?.as_str()?.parse().ok())
+            .collect())
+    }
+
     /// Measures a takeover of `ip` from `old`: the client arpings every 10 ms on `iface` under
     /// a capture, `fail` injects the failure (its start is the time origin), and the first ARP
     /// reply for `ip` with another MAC ends it. Fails if none comes within `timeout`.
     pub fn measure_takeover(
-        &self,
+        &mut self,
         iface: &str,
         ip: Ipv4Addr,
         old: MacAddr,
         timeout: Duration,
-        fail: impl FnOnce() -> Result<()>,
+        fail: impl FnOnce(&mut Install) -> Result<()>,
     ) -> Result<Takeover> {
-        let client = self.client().ns();
+        let client = self.lab.client().ns().clone();
         let capture = client.capture(iface, "arp")?;
         let prober = client.spawn([
             "arping",
@@ -202,7 +240,7 @@ impl Journey {
             replies(frames, ip).iter().any(|(_, mac)| *mac == old)
         })?;
         let failed_at = SystemTime::now();
-        fail()?;
+        fail(&mut self.install)?;
         let frames = capture.wait_for("an ARP reply from a new owner", timeout, |frames| {
             replies(frames, ip)
                 .iter()
