@@ -38,7 +38,9 @@
 #![allow(clippy::result_large_err)]
 
 mod error;
+mod owners;
 mod pool;
+mod records;
 mod runs;
 mod service;
 mod sharing;
@@ -54,7 +56,9 @@ pub use error::AllocationError;
 pub use service::{FamilyPolicy, ServiceKey, ServiceRequest, handled_by, status_ips};
 pub use sharing::{BackendKey, Port, Protocol, SharingMismatch};
 
-use pool::Pool;
+use owners::Owners;
+use pool::{Pool, PoolNames};
+use records::{Held, Record, Records, Slot};
 use service::{Intent, Ips, PoolRequest, Requested};
 use sharing::compatible;
 
@@ -213,82 +217,6 @@ pub fn saturating_i64(n: u128) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// What the allocator holds for one Service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Held {
-    pool: Arc<str>,
-    ips: Ips,
-}
-
-impl Held {
-    fn assignment(&self) -> Assignment {
-        Assignment {
-            pool: self.pool.to_string(),
-            ips: self.ips.to_vec(),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Record {
-    intent: Intent,
-    held: Option<Held>,
-    /// The request could not be read; the Service only keeps what its status held and is
-    /// never given new addresses until a readable request comes.
-    hold_only: bool,
-}
-
-/// The Services holding one address, sorted; almost always exactly one.
-#[derive(Clone, Debug)]
-enum Holders {
-    One(ServiceKey),
-    Many(Vec<ServiceKey>),
-}
-
-impl Holders {
-    fn iter(&self) -> impl Iterator<Item = &ServiceKey> {
-        let (one, many) = match self {
-            Holders::One(key) => (Some(key), &[][..]),
-            Holders::Many(keys) => (None, keys.as_slice()),
-        };
-        one.into_iter().chain(many)
-    }
-
-    fn insert(&mut self, key: ServiceKey) {
-        match self {
-            Holders::One(first) if *first == key => {}
-            Holders::One(first) => {
-                let mut keys = vec![first.clone(), key];
-                keys.sort();
-                *self = Holders::Many(keys);
-            }
-            Holders::Many(keys) => {
-                if let Err(at) = keys.binary_search(&key) {
-                    keys.insert(at, key);
-                }
-            }
-        }
-    }
-
-    /// Removes `key`; true when nobody holds the address any more.
-    fn remove(&mut self, key: &ServiceKey) -> bool {
-        match self {
-            Holders::One(first) => first == key,
-            Holders::Many(keys) => {
-                keys.retain(|k| k != key);
-                match keys.as_slice() {
-                    [] => true,
-                    [last] => {
-                        *self = Holders::One(last.clone());
-                        false
-                    }
-                    _ => false,
-                }
-            }
-        }
-    }
-}
-
 /// Where an address is.
 enum Located<'a> {
     /// In a valid pool's entry; `index` None when the pool skips it as buggy.
@@ -311,14 +239,18 @@ enum Located<'a> {
 pub struct Allocator {
     /// Every pool by name, valid or frozen.
     pools: BTreeMap<Arc<str>, Pool>,
+    /// The names behind the pool ids that assignments hold.
+    names: PoolNames,
     /// First address of every valid pool's entries, to find an address's entry in O(log n);
     /// valid entries never overlap.
     starts: BTreeMap<IpAddr, (Arc<str>, usize)>,
     problems: Vec<PoolProblem>,
-    services: BTreeMap<ServiceKey, Record>,
+    /// Every Service: its request and what it holds, one 64-byte record each.
+    services: Records,
     /// Services that wait for addresses (readable request, nothing held).
     pending: BTreeSet<ServiceKey>,
-    owners: BTreeMap<IpAddr, Holders>,
+    /// Who holds each address, by record slot.
+    owners: Owners,
     /// Addresses held by Services with each sharing key, to offer them to newcomers.
     shared: BTreeMap<Box<str>, BTreeSet<IpAddr>>,
     /// Updates to other Services caused by [`Allocator::assign`], for [`Allocator::take_updates`].
@@ -372,7 +304,10 @@ impl Allocator {
                 .filter(|p| p.pool == *key)
                 .cloned()
                 .collect();
-            pools.insert(name.as_str().into(), Pool::new(name, &spec.spec, own));
+            pools.insert(
+                name.as_str().into(),
+                Pool::new(&mut self.names, name, &spec.spec, own),
+            );
         }
         self.pools = pools;
         self.problems = problems.clone();
@@ -383,8 +318,8 @@ impl Allocator {
         let holding: Vec<ServiceKey> = self
             .services
             .iter()
-            .filter(|(_, r)| r.held.is_some())
-            .map(|(k, _)| k.clone())
+            .filter(|r| r.held.is_some())
+            .map(|r| r.key.clone())
             .collect();
         for key in holding {
             let Some(old) = self.take_out(&key) else {
@@ -394,22 +329,28 @@ impl Allocator {
                 continue;
             };
             let kept = self
-                .judge(&key, &intent, &old.ips, Some(&old.pool), STATUS_FIELD)
+                .judge(
+                    &key,
+                    &intent,
+                    &old.ips,
+                    Some(self.names.name(old.pool)),
+                    STATUS_FIELD,
+                )
                 .and_then(|held| self.complete(&key, &intent, held));
             match kept {
                 Ok(held) => {
-                    self.put_in(&key, held.clone());
+                    self.put_in(&key, held);
                     if held.ips != old.ips {
                         updates.push(ServiceUpdate::Changed {
                             service: key,
-                            previous: old.assignment(),
-                            assignment: held.assignment(),
+                            previous: old.assignment(&self.names),
+                            assignment: held.assignment(&self.names),
                         });
                     } else if held.pool != old.pool {
                         updates.push(ServiceUpdate::Moved {
                             service: key,
-                            from_pool: old.pool.to_string(),
-                            assignment: held.assignment(),
+                            from_pool: self.names.name(old.pool).to_owned(),
+                            assignment: held.assignment(&self.names),
                         });
                     }
                 }
@@ -428,12 +369,12 @@ impl Allocator {
             };
             match result {
                 Ok(held) => {
-                    self.put_in(&key, held.clone());
+                    self.put_in(&key, held);
                     updates.push(ServiceUpdate::Reallocated {
                         service: key,
-                        previous: old.assignment(),
+                        previous: old.assignment(&self.names),
                         why,
-                        assignment: held.assignment(),
+                        assignment: held.assignment(&self.names),
                     });
                 }
                 Err(error) => {
@@ -442,7 +383,7 @@ impl Allocator {
                     }
                     updates.push(ServiceUpdate::Cleared {
                         service: key,
-                        previous: old.assignment(),
+                        previous: old.assignment(&self.names),
                         why,
                         error,
                     });
@@ -465,18 +406,16 @@ impl Allocator {
         let key = request.key.clone();
         let before = self.take_out(&key);
         let previous_intent = self.services.get(&key).map(|r| r.intent.clone());
-        self.services.insert(
-            key.clone(),
-            Record {
-                intent: intent.clone(),
-                held: None,
-                hold_only: false,
-            },
-        );
+        self.services.insert(Record {
+            key: key.clone(),
+            intent: intent.clone(),
+            held: None,
+            hold_only: false,
+        });
         self.pending.insert(key.clone());
 
         let result = self.place(&key, &intent, before.as_ref());
-        let after = self.services.get(&key).and_then(|r| r.held.clone());
+        let after = self.services.get(&key).and_then(|r| r.held);
         if previous_intent.as_ref() != Some(&intent) || before != after {
             let updates = self.retry_pending(Some(&key));
             self.outbox.extend(updates);
@@ -494,7 +433,7 @@ impl Allocator {
             updates = self.retry_pending(None);
         }
         Released {
-            assignment: held.map(|h| h.assignment()),
+            assignment: held.map(|h| h.assignment(&self.names)),
             updates,
         }
     }
@@ -523,14 +462,12 @@ impl Allocator {
             }
         };
         let hold_only = unreadable.is_some();
-        self.services.insert(
-            key.clone(),
-            Record {
-                intent: intent.clone(),
-                held: None,
-                hold_only,
-            },
-        );
+        self.services.insert(Record {
+            key: key.clone(),
+            intent: intent.clone(),
+            held: None,
+            hold_only,
+        });
         if !hold_only {
             self.pending.insert(key.clone());
         }
@@ -555,11 +492,11 @@ impl Allocator {
         });
         match kept {
             Ok(held) => {
-                self.put_in(&key, held.clone());
+                self.put_in(&key, held);
                 Rebuilt {
                     service: key,
                     previous,
-                    result: Ok(held.assignment()),
+                    result: Ok(held.assignment(&self.names)),
                     problem: unreadable,
                 }
             }
@@ -594,14 +531,12 @@ impl Allocator {
             self.take_out(&key);
             self.forget(&key);
             let result = request.intent().map(|intent| {
-                self.services.insert(
-                    key.clone(),
-                    Record {
-                        intent,
-                        held: None,
-                        hold_only: false,
-                    },
-                );
+                self.services.insert(Record {
+                    key: key.clone(),
+                    intent,
+                    held: None,
+                    hold_only: false,
+                });
                 self.pending.insert(key.clone());
             });
             outcomes.push(Rebuilt {
@@ -624,8 +559,8 @@ impl Allocator {
                 continue;
             };
             outcome.result = self.allocate(&key, &intent).map(|held| {
-                self.put_in(&key, held.clone());
-                held.assignment()
+                self.put_in(&key, held);
+                held.assignment(&self.names)
             });
         }
         // Allocating one may have made room to share for another: settle.
@@ -648,14 +583,15 @@ impl Allocator {
     // ----- queries -----
 
     pub fn assignment(&self, key: &ServiceKey) -> Option<Assignment> {
-        self.services.get(key)?.held.as_ref().map(Held::assignment)
+        let held = self.services.get(key)?.held?;
+        Some(held.assignment(&self.names))
     }
 
     /// Every assignment, by Service name.
     pub fn assignments(&self) -> impl Iterator<Item = (&ServiceKey, Assignment)> {
         self.services
             .iter()
-            .filter_map(|(k, r)| r.held.as_ref().map(|h| (k, h.assignment())))
+            .filter_map(|r| r.held.map(|h| (&r.key, h.assignment(&self.names))))
     }
 
     /// Services waiting for addresses, by name.
@@ -665,10 +601,7 @@ impl Allocator {
 
     /// The Services holding `ip`, by name.
     pub fn holders(&self, ip: IpAddr) -> Vec<ServiceKey> {
-        self.owners
-            .get(&ip)
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default()
+        self.holding(ip).map(|r| r.key.clone()).collect()
     }
 
     /// The problems found by the last [`Allocator::set_pools`].
@@ -699,15 +632,14 @@ impl Allocator {
             // Frozen: count what its Services still hold in its readable entries.
             let mut held = BTreeSet::new();
             for entry in pool.entries.iter().filter(|e| e.family() == f) {
-                for (ip, holders) in self.owners.range(entry.range.first()..=entry.range.last()) {
-                    let here = holders
-                        .iter()
+                for ip in self.owners.range(entry.range.first()..=entry.range.last()) {
+                    let here = self
+                        .holding(ip)
                         .next()
-                        .and_then(|k| self.services.get(k))
-                        .and_then(|r| r.held.as_ref())
-                        .is_some_and(|h| h.pool == pool.name);
+                        .and_then(|r| r.held)
+                        .is_some_and(|h| h.pool == pool.id);
                     if here {
-                        held.insert(*ip);
+                        held.insert(ip);
                     }
                 }
             }
@@ -739,11 +671,7 @@ impl Allocator {
                 }
                 self.starts
                     .insert(entry.range.first(), (pool.name.clone(), i));
-                for ip in self
-                    .owners
-                    .range(entry.range.first()..=entry.range.last())
-                    .map(|(ip, _)| *ip)
-                {
+                for ip in self.owners.range(entry.range.first()..=entry.range.last()) {
                     if let Some(index) = entry.index_of(ip) {
                         entry.taken.insert(index);
                     }
@@ -806,56 +734,59 @@ impl Allocator {
         Some((e, index))
     }
 
-    fn sharing_key(&self, key: &ServiceKey) -> Option<Box<str>> {
-        self.services
-            .get(key)
-            .and_then(|r| r.intent.sharing())
-            .map(|s| s.key.clone())
+    /// The records of the Services holding `ip`, by name.
+    fn holding(&self, ip: IpAddr) -> impl Iterator<Item = &Record> {
+        self.owners
+            .of(ip)
+            .iter()
+            .filter_map(|slot| self.services.at(*slot))
+    }
+
+    fn sharing_key(&self, slot: Slot) -> Option<Box<str>> {
+        let sharing = self.services.at(slot)?.intent.sharing()?;
+        Some(sharing.key.clone())
     }
 
     /// Records that the Service holds `held` (its record must exist).
     fn put_in(&mut self, key: &ServiceKey, held: Held) {
-        let sharing = self.sharing_key(key);
+        let Some(slot) = self.services.slot(key) else {
+            return;
+        };
+        let sharing = self.sharing_key(slot);
         for ip in held.ips.iter() {
-            match self.owners.get_mut(&ip) {
-                Some(holders) => holders.insert(key.clone()),
-                None => {
-                    self.owners.insert(ip, Holders::One(key.clone()));
-                    if let Some((entry, index)) = self.taken_slot(ip) {
-                        entry.taken.insert(index);
-                    }
-                }
+            if self.owners.insert(ip, slot, &self.services)
+                && let Some((entry, index)) = self.taken_slot(ip)
+            {
+                entry.taken.insert(index);
             }
             if let Some(s) = &sharing {
                 self.shared.entry(s.clone()).or_default().insert(ip);
             }
         }
         self.pending.remove(key);
-        if let Some(record) = self.services.get_mut(key) {
+        if let Some(record) = self.services.at_mut(slot) {
             record.held = Some(held);
         }
     }
 
     /// Frees what the Service holds, leaving its record waiting.
     fn take_out(&mut self, key: &ServiceKey) -> Option<Held> {
-        let record = self.services.get_mut(key)?;
+        let slot = self.services.slot(key)?;
+        let record = self.services.at_mut(slot)?;
         let held = record.held.take()?;
         let hold_only = record.hold_only;
-        let sharing = self.sharing_key(key);
+        let sharing = self.sharing_key(slot);
         for ip in held.ips.iter() {
-            let emptied = self.owners.get_mut(&ip).is_some_and(|h| h.remove(key));
-            if emptied {
-                self.owners.remove(&ip);
-                if let Some((entry, index)) = self.taken_slot(ip) {
-                    entry.taken.remove(index);
-                }
+            if self.owners.remove(ip, slot)
+                && let Some((entry, index)) = self.taken_slot(ip)
+            {
+                entry.taken.remove(index);
             }
             if let Some(s) = &sharing {
-                let still_shared = self.owners.get(&ip).is_some_and(|holders| {
-                    holders
-                        .iter()
-                        .any(|k| self.sharing_key(k).as_deref() == Some(&**s))
-                });
+                let still_shared = self
+                    .holding(ip)
+                    .filter_map(|r| r.intent.sharing())
+                    .any(|theirs| theirs.key == *s);
                 if !still_shared && let Some(ips) = self.shared.get_mut(s) {
                     ips.remove(&ip);
                     if ips.is_empty() {
@@ -892,10 +823,10 @@ impl Allocator {
                     continue;
                 };
                 if let Ok(held) = self.allocate(&key, &intent) {
-                    self.put_in(&key, held.clone());
+                    self.put_in(&key, held);
                     updates.push(ServiceUpdate::Allocated {
                         service: key,
-                        assignment: held.assignment(),
+                        assignment: held.assignment(&self.names),
                     });
                     progress = true;
                 }
@@ -917,15 +848,21 @@ impl Allocator {
     ) -> Result<Assignment, AllocationError> {
         if let Some(old) = before
             && let Ok(held) = self
-                .judge(key, intent, &old.ips, Some(&old.pool), STATUS_FIELD)
+                .judge(
+                    key,
+                    intent,
+                    &old.ips,
+                    Some(self.names.name(old.pool)),
+                    STATUS_FIELD,
+                )
                 .and_then(|held| self.complete(key, intent, held))
         {
-            self.put_in(key, held.clone());
-            return Ok(held.assignment());
+            self.put_in(key, held);
+            return Ok(held.assignment(&self.names));
         }
         let held = self.allocate(key, intent)?;
-        self.put_in(key, held.clone());
-        Ok(held.assignment())
+        self.put_in(key, held);
+        Ok(held.assignment(&self.names))
     }
 
     /// Whether the Service may keep holding `ips` under its current request and the current
@@ -1068,13 +1005,11 @@ impl Allocator {
 
         let ips = match (intent.ips(), kept.as_slice()) {
             (Some(requested), _) => requested.ips,
-            (None, [(a, _), (b, _)]) => Ips::v4_first(*a, *b),
+            // Both kept: the same two addresses.
+            (None, [_, _]) => ips.v4_first(),
             (None, _) => Ips::one(kept.first().map_or(ips.first(), |(ip, _)| *ip)),
         };
-        Ok(Held {
-            pool: pool.name.clone(),
-            ips,
-        })
+        Ok(Held { pool: pool.id, ips })
     }
 
     /// Adds the missing family to a one-address dual-stack assignment from the same pool:
@@ -1095,19 +1030,20 @@ impl Allocator {
         let missing = missing_family(held.ips.first());
         let extra = self
             .pools
-            .get(&held.pool)
+            .get(self.names.name(held.pool))
             .filter(|p| p.is_valid() && p.has_family(missing))
-            .and_then(|p| self.pick(key, intent, p, Some(missing)));
+            .and_then(|p| self.pick(key, intent, p, Some(missing)))
+            .and_then(|ip| Ips::two(held.ips.first(), ip));
         match extra {
-            Some(ip) => Ok(Held {
+            Some(ips) => Ok(Held {
                 pool: held.pool,
-                ips: Ips::v4_first(held.ips.first(), ip),
+                ips: ips.v4_first(),
             }),
             None if intent.policy == FamilyPolicy::PreferDualStack => Ok(held),
             None => Err(AllocationError::NoAvailableIps {
                 service: key.clone(),
                 wanted: missing.to_string(),
-                pools: format!("{:?}", &*held.pool),
+                pools: format!("{:?}", self.names.name(held.pool)),
             }),
         }
     }
@@ -1121,17 +1057,14 @@ impl Allocator {
         field: &str,
         value: &str,
     ) -> Result<(), AllocationError> {
-        let Some(holders) = self.owners.get(&ip) else {
-            return Ok(());
-        };
-        for other in holders.iter().filter(|k| *k != key) {
-            let theirs = self.services.get(other).and_then(|r| r.intent.sharing());
+        for other in self.holding(ip).filter(|r| r.key != *key) {
+            let theirs = other.intent.sharing();
             compatible(intent.sharing(), theirs).map_err(|why| AllocationError::IpInUse {
                 service: key.clone(),
                 field: field.into(),
                 value: value.into(),
                 ip,
-                other: other.clone(),
+                other: other.key.clone(),
                 why,
             })?;
         }
@@ -1244,7 +1177,7 @@ impl Allocator {
             self.may_share(key, intent, ip, &requested.field, &requested.value)?;
         }
         Ok(Held {
-            pool: pool.name.clone(),
+            pool: pool.id,
             ips: requested.ips,
         })
     }
@@ -1353,14 +1286,14 @@ impl Allocator {
             let v4 = self.pick(key, intent, pool, Some(IpFamily::V4))?;
             let v6 = self.pick(key, intent, pool, Some(IpFamily::V6))?;
             Some(Held {
-                pool: pool.name.clone(),
-                ips: Ips::two(v4, v6),
+                pool: pool.id,
+                ips: Ips::two(v4, v6)?,
             })
         };
         let single = |pool: &Pool| {
             self.pick(key, intent, pool, intent.single_family())
                 .map(|ip| Held {
-                    pool: pool.name.clone(),
+                    pool: pool.id,
                     ips: Ips::one(ip),
                 })
         };

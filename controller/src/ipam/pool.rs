@@ -116,10 +116,41 @@ fn buggy_free_span(range: AddressRange) -> Option<(u128, u128)> {
     Some((compress(up)?, compress(down)?))
 }
 
+/// A pool's name as a small number, so an assignment names its pool in 4 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct PoolId(u32);
+
+/// Every pool name ever seen, numbered in order of appearance. Ids outlive the pools: a
+/// Service keeps naming a deleted pool until it is judged again, and a pool that comes back
+/// gets its old id. Pool names are few, so keeping them all costs nothing worth reclaiming.
+#[derive(Debug, Default)]
+pub(crate) struct PoolNames {
+    names: Vec<Arc<str>>,
+    ids: BTreeMap<Arc<str>, PoolId>,
+}
+
+impl PoolNames {
+    pub(crate) fn id(&mut self, name: &Arc<str>) -> PoolId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = PoolId(u32::try_from(self.names.len()).expect("fewer than 2^32 pool names"));
+        self.names.push(name.clone());
+        self.ids.insert(name.clone(), id);
+        id
+    }
+
+    pub(crate) fn name(&self, id: PoolId) -> &str {
+        // Ids are only made by `id`, so every one has its name.
+        &self.names[id.0 as usize]
+    }
+}
+
 /// A pool, valid (hands out addresses) or invalid (frozen: see the module documentation of
 /// [`super`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Pool {
+    pub id: PoolId,
     pub name: Arc<str>,
     pub auto_assign: bool,
     pub allocation: Option<ServiceAllocation>,
@@ -130,7 +161,13 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(name: &str, spec: &IPAddressPoolSpec, problems: Vec<PoolProblem>) -> Self {
+    pub(crate) fn new(
+        names: &mut PoolNames,
+        name: &str,
+        spec: &IPAddressPoolSpec,
+        problems: Vec<PoolProblem>,
+    ) -> Self {
+        let name: Arc<str> = name.into();
         let entries = spec
             .addresses
             .iter()
@@ -138,7 +175,8 @@ impl Pool {
             .map(|range| Entry::new(range, spec.avoid_buggy_ips))
             .collect();
         Pool {
-            name: name.into(),
+            id: names.id(&name),
+            name,
             auto_assign: spec.auto_assign,
             allocation: spec.service_allocation.clone(),
             entries,
