@@ -20,6 +20,8 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 const ALLOCATE: Duration = Duration::from_secs(10);
 const ANSWER: Duration = Duration::from_secs(15);
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(10);
+/// Crashes after the first, for min / median / max.
+const TRIALS: usize = 5;
 
 fn main() -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
@@ -124,17 +126,13 @@ fn run() -> Result<()> {
     }
 
     step(4, "The IP allocated (ferrolb-controller status)");
-    let t0 = Instant::now();
     let ip = journey
         .install
         .wait_ip("ingress", "ingress-nginx", ALLOCATE)?;
     let IpAddr::V4(vip) = ip else {
         return Err(format!("expected an IPv4 address, got {ip}").into());
     };
-    println!(
-        "  ingress/ingress-nginx got {vip} in {} ms",
-        t0.elapsed().as_millis()
-    );
+    println!("  ingress/ingress-nginx got {vip}, the first free address of pool lan");
     journey.expose(ip)?;
     println!(
         "  kube-proxy (played by the lab) on every node: {vip}:80 -> DNAT {}:80, masquerade",
@@ -173,6 +171,7 @@ fn run() -> Result<()> {
     let takeover = journey.measure_takeover("eth0", vip, before, TAKEOVER_LIMIT, |install| {
         install.kill_speaker(&name)
     })?;
+    let first_takeover = takeover.elapsed;
     let new_owner = journey
         .node_by_mac(takeover.mac)
         .map(|n| n.name().to_owned())
@@ -189,13 +188,7 @@ fn run() -> Result<()> {
     print!("{}", indent(&status_view(&journey)?));
 
     step(8, &format!("{name} comes back"));
-    let returning = journey
-        .lab
-        .nodes()
-        .iter()
-        .position(|n| n.name() == name)
-        .map(|i| i + 1)
-        .ok_or("the node vanished")?;
+    let returning = node_index(&journey, &name)?;
     let t0 = Instant::now();
     journey.install.start_speaker(returning)?;
     let back = journey.arp_until("eth0", vip, ANSWER, |mac| mac == before)?;
@@ -207,11 +200,58 @@ fn run() -> Result<()> {
     );
     show_curl(&journey, vip)?;
 
-    step(9, "Teardown");
+    step(
+        9,
+        &format!("The same crash {TRIALS} more times, at random moments"),
+    );
+    let mut times = vec![first_takeover];
+    for _ in 0..TRIALS {
+        let owner = journey.arp_owner("eth0", vip, ANSWER)?.clone();
+        let index = node_index(&journey, owner.name())?;
+        random_phase();
+        let name = owner.name().to_owned();
+        let takeover =
+            journey.measure_takeover("eth0", vip, owner.mac(), TAKEOVER_LIMIT, |install| {
+                install.kill_speaker(&name)
+            })?;
+        let to = journey
+            .node_by_mac(takeover.mac)
+            .map_or_else(|| takeover.mac.to_string(), |n| n.name().to_owned());
+        println!(
+            "  {name} killed: {to} answered after {:.0} ms",
+            takeover.elapsed.as_secs_f64() * 1000.0
+        );
+        times.push(takeover.elapsed);
+        journey.install.start_speaker(index)?;
+        journey.arp_until("eth0", vip, ANSWER, |mac| mac == owner.mac())?;
+    }
+    times.sort();
+    let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    println!(
+        "  takeover over all {} crashes: min {:.0} ms, median {:.0} ms, max {:.0} ms",
+        times.len(),
+        ms(times.first()),
+        ms(times.get(times.len() / 2)),
+        ms(times.last())
+    );
+    show_curl(&journey, vip)?;
+
+    step(10, "Teardown");
     let namespaces = journey.lab.namespaces().len();
     drop(journey);
     println!("  every process stopped by PID, {namespaces} namespaces deleted");
     Ok(())
+}
+
+/// Node `name`'s number (n2 is 2).
+fn node_index(journey: &Journey, name: &str) -> Result<usize> {
+    journey
+        .lab
+        .nodes()
+        .iter()
+        .position(|n| n.name() == name)
+        .map(|i| i + 1)
+        .ok_or_else(|| format!("no node {name}").into())
 }
 
 fn show_curl(journey: &Journey, vip: Ipv4Addr) -> Result<()> {
