@@ -344,11 +344,19 @@ pub async fn from_cluster(
         .await
         .map(|l| l.items)
         .unwrap_or_default();
-    let events = Api::<Event>::all(client)
-        .list(&ListParams::default().fields("type=Warning,involvedObject.kind=Service"))
+    // Filtered here rather than by field selector: every API server can list, and events
+    // expire within hours, so the list stays small.
+    let events: Vec<Event> = Api::<Event>::all(client)
+        .list(&lp)
         .await
         .map(|l| l.items)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.involved_object.kind.as_deref() == Some("Service")
+        })
+        .collect();
     Ok(Inputs {
         pools,
         namespaces,
