@@ -158,6 +158,7 @@ impl Registry {
 enum Msg {
     Links(Vec<Link>),
     Owned(BTreeMap<IpAddr, Intent>),
+    Reannounce,
     Claim { iface: String, claim: Claim },
     ResponderFailed { iface: String, error: String },
     Shutdown,
@@ -213,6 +214,13 @@ impl Announcer {
     /// announced right away.
     pub fn set_owned(&self, owned: BTreeMap<IpAddr, Intent>) {
         let _ = self.tx.send(Msg::Owned(owned));
+    }
+
+    /// Starts a fresh gratuitous burst for every IP being announced: for when stations may
+    /// have learned another MAC meanwhile (a healed partition, where the other side's owner
+    /// announced too).
+    pub fn reannounce(&self) {
+        let _ = self.tx.send(Msg::Reannounce);
     }
 
     pub fn stats(&self) -> Stats {
@@ -366,6 +374,15 @@ impl Control {
             Msg::Owned(intents) => {
                 self.intents = intents;
                 self.reconcile(now);
+            }
+            Msg::Reannounce => {
+                for state in self.ips.values_mut() {
+                    if let Phase::Announcing(bursts) = &mut state.phase {
+                        for burst in bursts.values_mut() {
+                            *burst = Burst::new(now);
+                        }
+                    }
+                }
             }
             Msg::Claim { iface, claim } => self.claimed(&iface, claim, now),
             Msg::ResponderFailed { iface, error } => {

@@ -35,6 +35,9 @@ pub struct Link {
     /// The hardware address; `None` for links without an Ethernet one (tunnels, lo's zeros).
     pub mac: Option<MacAddr>,
     pub up: bool,
+    /// The link has a carrier (IFF_LOWER_UP): a cable pulled or a switch port down clears it
+    /// while the link stays administratively up.
+    pub carrier: bool,
     pub broadcast: bool,
     pub noarp: bool,
     /// The index of the bond, bridge or VRF this link is enslaved to.
@@ -76,6 +79,7 @@ impl ExcludePatterns {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ineligible {
     Down,
+    NoCarrier,
     NoBroadcast,
     NoArp,
     /// Member of a bond, bridge or VRF: its master is the interface that talks to the LAN.
@@ -92,6 +96,7 @@ impl fmt::Display for Ineligible {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ineligible::Down => f.write_str("link is down"),
+            Ineligible::NoCarrier => f.write_str("link has no carrier (cable or switch port down)"),
             Ineligible::NoBroadcast => f.write_str("link is not broadcast-capable"),
             Ineligible::NoArp => f.write_str("link has NOARP set"),
             Ineligible::Enslaved { master } => {
@@ -114,6 +119,9 @@ pub fn check(link: &Link, exclude: &ExcludePatterns) -> Result<(), Ineligible> {
     }
     if !link.up {
         return Err(Ineligible::Down);
+    }
+    if !link.carrier {
+        return Err(Ineligible::NoCarrier);
     }
     if !link.broadcast {
         return Err(Ineligible::NoBroadcast);
@@ -178,6 +186,7 @@ pub fn from_message(message: &LinkMessage) -> Option<Link> {
         index: message.header.index,
         mac,
         up: flags.contains(LinkFlags::Up),
+        carrier: flags.contains(LinkFlags::LowerUp),
         broadcast: flags.contains(LinkFlags::Broadcast),
         noarp: flags.contains(LinkFlags::Noarp),
         master,
@@ -250,6 +259,7 @@ mod tests {
             index: 2,
             mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
             up: true,
+            carrier: true,
             broadcast: true,
             noarp: false,
             master: None,
@@ -312,6 +322,11 @@ mod tests {
             ..link("eth0")
         };
         assert_eq!(check(&down, &exclude), Err(Ineligible::Down));
+        let unplugged = Link {
+            carrier: false,
+            ..link("eth0")
+        };
+        assert_eq!(check(&unplugged, &exclude), Err(Ineligible::NoCarrier));
         let p2p = Link {
             broadcast: false,
             ..link("wg0")

@@ -7,6 +7,7 @@
 //! - [`gratuitous`]: the schedule of announcements after a takeover.
 //! - [`conflict`]: RFC 5227 / DAD probing before a first announcement.
 //! - [`socket`]: the filtered AF_PACKET socket of one interface, handed to pnet.
+//! - [`fencing`]: whether this node may announce at all (cut off from its peers by its own link).
 //! - [`node`]: the loop on one node: decisions in, announcer and reports out.
 //! - [`kubernetes`]: the backend over the Kubernetes API.
 //! - [`standalone`]: the backend over the shared state directory.
@@ -16,6 +17,7 @@
 pub mod announcements;
 pub mod announcer;
 pub mod conflict;
+pub mod fencing;
 pub mod gratuitous;
 pub mod interfaces;
 pub mod kubernetes;

@@ -15,7 +15,7 @@ use ferrolb_proto::gossip::KeyRing;
 use ferrolb_speaker::conflict::ProbePlan;
 use ferrolb_speaker::gratuitous::GratuitousPlan;
 use ferrolb_speaker::interfaces::{self, DEFAULT_EXCLUDE, ExcludePatterns};
-use ferrolb_speaker::membership::{Membership, MembershipConfig};
+use ferrolb_speaker::membership::{Config as ProtocolConfig, Membership, MembershipConfig};
 use ferrolb_speaker::metrics::Metrics;
 use ferrolb_speaker::node::{self, Feeds, NodeSettings};
 use ferrolb_speaker::{Announcer, AnnouncerConfig, Event, Intent};
@@ -134,7 +134,120 @@ struct RunArgs {
     metrics_addr: SocketAddr,
     #[command(flatten)]
     announcer: AnnouncerArgs,
+    #[command(flatten)]
+    membership: MembershipArgs,
 }
+
+// --- membership and fencing knobs (issue 5) ---
+
+/// The membership protocol's timing and the self-fencing hold; defaults and why in
+/// `speaker::membership` and `speaker::fencing`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Membership")]
+struct MembershipArgs {
+    /// Milliseconds between two probes of this node (each probes one member per interval).
+    #[arg(long, env = "FERROLB_MEMBERSHIP_PROBE_INTERVAL_MS", default_value_t = ms(MEMBERSHIP.probe_interval))]
+    membership_probe_interval_ms: u64,
+    /// Milliseconds to wait for a direct ack before asking others to probe.
+    #[arg(long, env = "FERROLB_MEMBERSHIP_PROBE_TIMEOUT_MS", default_value_t = ms(MEMBERSHIP.probe_timeout))]
+    membership_probe_timeout_ms: u64,
+    /// Members asked to probe indirectly (also the confirmations that shorten a suspicion).
+    #[arg(long, env = "FERROLB_MEMBERSHIP_INDIRECT_CHECKS", default_value_t = MEMBERSHIP.indirect_checks)]
+    membership_indirect_checks: usize,
+    /// Minimum suspicion timeout, in probe intervals (scaled up by log10 beyond 100 members).
+    #[arg(long, env = "FERROLB_MEMBERSHIP_SUSPICION_MULT", default_value_t = MEMBERSHIP.suspicion_mult)]
+    membership_suspicion_mult: u32,
+    /// Timeout of an unconfirmed suspicion, as a multiple of the minimum.
+    #[arg(long, env = "FERROLB_MEMBERSHIP_SUSPICION_MAX_MULT", default_value_t = MEMBERSHIP.suspicion_max_mult)]
+    membership_suspicion_max_mult: u32,
+    /// Each update is piggybacked this many times log10(members).
+    #[arg(long, env = "FERROLB_MEMBERSHIP_RETRANSMIT_MULT", default_value_t = MEMBERSHIP.retransmit_mult)]
+    membership_retransmit_mult: u32,
+    /// Milliseconds between gossip rounds while updates are queued.
+    #[arg(long, env = "FERROLB_MEMBERSHIP_GOSSIP_INTERVAL_MS", default_value_t = ms(MEMBERSHIP.gossip_interval))]
+    membership_gossip_interval_ms: u64,
+    /// Members each gossip round goes to.
+    #[arg(long, env = "FERROLB_MEMBERSHIP_GOSSIP_NODES", default_value_t = MEMBERSHIP.gossip_nodes)]
+    membership_gossip_nodes: usize,
+    /// Milliseconds between full state exchanges (push-pull) with a random member.
+    #[arg(long, env = "FERROLB_MEMBERSHIP_PUSH_PULL_INTERVAL_MS", default_value_t = ms(MEMBERSHIP.push_pull_interval))]
+    membership_push_pull_interval_ms: u64,
+    /// Milliseconds between attempts to reach a member believed dead (partition healing) and
+    /// between join attempts while alone.
+    #[arg(long, env = "FERROLB_MEMBERSHIP_RECONNECT_INTERVAL_MS", default_value_t = ms(MEMBERSHIP.reconnect_interval))]
+    membership_reconnect_interval_ms: u64,
+    /// Milliseconds a stopping speaker keeps answering (ARP and membership) after saying it
+    /// leaves, so its successors announce before it goes quiet (make-before-break).
+    #[arg(
+        long,
+        env = "FERROLB_MEMBERSHIP_LEAVE_LINGER_MS",
+        default_value_t = 300
+    )]
+    membership_leave_linger_ms: u64,
+    /// Milliseconds a node that lost a link (or just started) and is alone in the membership
+    /// waits, with every link up, for a peer before serving alone.
+    #[arg(long, env = "FERROLB_FENCE_HOLD_MS", default_value_t = ms(ferrolb_speaker::fencing::DEFAULT_HOLD))]
+    fence_hold_ms: u64,
+}
+
+const MEMBERSHIP: ProtocolDefaults = ProtocolDefaults::new();
+
+/// `membership::Config::default()` is not const; these mirror it and a test keeps them equal.
+struct ProtocolDefaults {
+    probe_interval: Duration,
+    probe_timeout: Duration,
+    indirect_checks: usize,
+    suspicion_mult: u32,
+    suspicion_max_mult: u32,
+    retransmit_mult: u32,
+    gossip_interval: Duration,
+    gossip_nodes: usize,
+    push_pull_interval: Duration,
+    reconnect_interval: Duration,
+}
+
+impl ProtocolDefaults {
+    const fn new() -> Self {
+        ProtocolDefaults {
+            probe_interval: Duration::from_millis(50),
+            probe_timeout: Duration::from_millis(20),
+            indirect_checks: 3,
+            suspicion_mult: 2,
+            suspicion_max_mult: 3,
+            retransmit_mult: 4,
+            gossip_interval: Duration::from_millis(50),
+            gossip_nodes: 3,
+            push_pull_interval: Duration::from_secs(10),
+            reconnect_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl MembershipArgs {
+    fn protocol(&self) -> ProtocolConfig {
+        let reconnect = Duration::from_millis(self.membership_reconnect_interval_ms);
+        ProtocolConfig {
+            probe_interval: Duration::from_millis(self.membership_probe_interval_ms),
+            probe_timeout: Duration::from_millis(self.membership_probe_timeout_ms),
+            indirect_checks: self.membership_indirect_checks,
+            suspicion_mult: self.membership_suspicion_mult,
+            suspicion_max_mult: self.membership_suspicion_max_mult,
+            retransmit_mult: self.membership_retransmit_mult,
+            gossip_interval: Duration::from_millis(self.membership_gossip_interval_ms),
+            gossip_nodes: self.membership_gossip_nodes,
+            push_pull_interval: Duration::from_millis(self.membership_push_pull_interval_ms),
+            reconnect_interval: reconnect,
+            join_retry_interval: reconnect,
+            ..ProtocolConfig::default()
+        }
+    }
+}
+
+// --- end of membership and fencing knobs ---
 
 /// How the announcer answers, announces and probes; shared by `run` and `announce`.
 #[derive(Debug, Args)]
@@ -307,6 +420,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let port = args.membership_bind.port();
     let mut config = MembershipConfig::new(&args.node_name, args.membership_bind, keys);
+    config.protocol = args.membership.protocol();
+    config.leave_linger = Duration::from_millis(args.membership.membership_leave_linger_ms);
     config.advertise = args.membership_advertise.or_else(|| {
         first
             .nodes
@@ -325,8 +440,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let links = interfaces::watch()
         .await
         .context("watching network links over netlink (needs a Linux network namespace)")?;
+    let announcer_config = args.announcer.config();
+    let fencing = node::Fencing {
+        hold: Duration::from_millis(args.membership.fence_hold_ms),
+        exclude: announcer_config.exclude.clone(),
+        rejoin: Some(membership.rejoiner()),
+    };
     let (announcer, events) =
-        Announcer::start(args.announcer.config()).context("starting the announcer")?;
+        Announcer::start(announcer_config).context("starting the announcer")?;
     let settings = NodeSettings {
         node_name: args.node_name.clone(),
         lb_class: args.lb_class.clone(),
@@ -341,9 +462,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         events,
         membership: Some(membership.metrics().clone()),
     };
-    let announcer = node::run(
+    let announcer = node::run_fenced(
         settings,
         feeds,
+        fencing,
         announcer,
         reports_tx,
         metrics,
@@ -363,4 +485,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = recorder.await;
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_flag_defaults_are_the_protocol_defaults() {
+        let cli = Cli::parse_from([
+            "ferrolb-speaker",
+            "run",
+            "--node-name",
+            "n1",
+            "--state-dir",
+            "/nonexistent",
+        ]);
+        let Command::Run(args) = cli.command else {
+            panic!("run expected");
+        };
+        assert_eq!(args.membership.protocol(), ProtocolConfig::default());
+    }
 }

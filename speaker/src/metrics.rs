@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 use crate::announcer::Stats;
 use crate::membership::{LiveSet, MemberState, MetricsSnapshot};
@@ -28,6 +30,8 @@ pub struct Metrics {
     deaths: IntCounter,
     refutations: IntCounter,
     rejected: IntCounterVec,
+    detection: Histogram,
+    fenced: prometheus::IntGauge,
 }
 
 fn counter_vec(
@@ -107,6 +111,19 @@ impl Metrics {
                 "Membership datagrams refused, by reason",
                 &["reason"],
             )?,
+            detection: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ferrolb_membership_detection_seconds",
+                    "For each member this node declared dead: how long it had suspected it (the failed probe before adds at most one probe interval)",
+                )
+                .buckets(vec![
+                    0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+                ]),
+            )?,
+            fenced: prometheus::IntGauge::new(
+                "ferrolb_speaker_fenced",
+                "1 while this node announces nothing because it is cut off from its peers (lost link, or not joined yet)",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.announced.clone()))?;
@@ -121,6 +138,8 @@ impl Metrics {
         m.registry.register(Box::new(m.deaths.clone()))?;
         m.registry.register(Box::new(m.refutations.clone()))?;
         m.registry.register(Box::new(m.rejected.clone()))?;
+        m.registry.register(Box::new(m.detection.clone()))?;
+        m.registry.register(Box::new(m.fenced.clone()))?;
         Ok(m)
     }
 
@@ -148,6 +167,17 @@ impl Metrics {
 
     pub fn responder_error(&self, iface: &str) {
         self.responder_errors.with_label_values(&[iface]).inc();
+    }
+
+    /// Records detection times taken from the membership loop.
+    pub fn observe_detections(&self, detections: &[std::time::Duration]) {
+        for d in detections {
+            self.detection.observe(d.as_secs_f64());
+        }
+    }
+
+    pub fn set_fenced(&self, fenced: bool) {
+        self.fenced.set(i64::from(fenced));
     }
 
     pub fn takeover(&self) {

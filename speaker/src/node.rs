@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::announcements::{self, Decision, Inputs, Interfaces};
 use crate::announcer::{Announcer, Event, Events, Intent};
-use crate::interfaces::Link;
-use crate::membership::LiveSet;
+use crate::fencing::{self, Fence};
+use crate::interfaces::{ExcludePatterns, Link};
+use crate::membership::{LiveSet, Rejoin};
 use crate::metrics::Metrics;
 
 /// The cluster as the backend last read it.
@@ -153,6 +154,27 @@ pub struct Feeds {
     pub membership: Option<Arc<crate::membership::Metrics>>,
 }
 
+/// Self-fencing settings of the loop ([`crate::fencing`]).
+#[derive(Debug, Clone)]
+pub struct Fencing {
+    /// How long a node with every link up waits for a peer before serving alone.
+    pub hold: std::time::Duration,
+    /// Links never announced on (their loss is no evidence).
+    pub exclude: ExcludePatterns,
+    /// Makes the membership reach out at once when a lost link comes back.
+    pub rejoin: Option<Rejoin>,
+}
+
+impl Default for Fencing {
+    fn default() -> Self {
+        Fencing {
+            hold: fencing::DEFAULT_HOLD,
+            exclude: ExcludePatterns::default(),
+            rejoin: None,
+        }
+    }
+}
+
 /// How often the announcer's and membership's counters are copied into the metrics.
 const METRICS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -160,16 +182,53 @@ const METRICS_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 /// membership first and stop answering last (make-before-break).
 pub async fn run(
     settings: NodeSettings,
+    feeds: Feeds,
+    announcer: Announcer,
+    reports: mpsc::UnboundedSender<Report>,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) -> Announcer {
+    run_fenced(
+        settings,
+        feeds,
+        Fencing::default(),
+        announcer,
+        reports,
+        metrics,
+        readiness,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with explicit self-fencing settings.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_fenced(
+    settings: NodeSettings,
     mut feeds: Feeds,
+    fencing: Fencing,
     announcer: Announcer,
     reports: mpsc::UnboundedSender<Report>,
     metrics: Metrics,
     readiness: Readiness,
     mut shutdown: Shutdown,
 ) -> Announcer {
+    let mut fence = Fence::new(
+        fencing.hold,
+        fencing.exclude.clone(),
+        std::time::Instant::now(),
+    );
+    let mut fenced = false;
+    let mut recheck: Option<tokio::time::Instant> = None;
+    let mut previous_live: Option<BTreeSet<String>> = None;
     let mut share = Share::new();
     let mut decisions: Vec<Decision> = Vec::new();
-    announcer.set_links(feeds.links.borrow_and_update().clone());
+    {
+        let links = feeds.links.borrow_and_update().clone();
+        fence.links(&links, std::time::Instant::now());
+        announcer.set_links(links);
+    }
     let mut dirty = true;
     let mut refresh = tokio::time::interval(METRICS_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -178,8 +237,42 @@ pub async fn run(
             dirty = false;
             let cluster = feeds.cluster.borrow_and_update().clone();
             let live = feeds.live.borrow_and_update().clone();
-            let (next_decisions, next_share, owned) = plan(&cluster, &live, &settings);
+            let (next_decisions, mut next_share, mut owned) = plan(&cluster, &live, &settings);
+            let alone = live.names().all(|n| n == settings.node_name);
+            let others_listed = cluster.nodes.iter().any(|n| {
+                n.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n != settings.node_name)
+            });
+            let last_answer = feeds.membership.as_ref().and_then(|m| m.last_answer());
+            let verdict =
+                fence.verdict(alone, others_listed, last_answer, std::time::Instant::now());
+            recheck = verdict.recheck_at.map(tokio::time::Instant::from_std);
+            if verdict.fenced {
+                next_share.clear();
+                owned.clear();
+            }
+            if verdict.fenced != fenced {
+                fenced = verdict.fenced;
+                if fenced {
+                    tracing::warn!(node = %settings.node_name, doubt = ?verdict.doubt, "fenced: alone in the membership after losing a link (or before joining); announcing nothing until a peer answers");
+                } else {
+                    tracing::info!(node = %settings.node_name, "no longer fenced");
+                }
+            }
+            metrics.set_fenced(fenced);
+            let live_names: BTreeSet<String> = live.names().map(str::to_owned).collect();
+            // Members that came back (a healed partition, a returning node): stations may have
+            // learned another owner's MAC meanwhile, so every owner announces again.
+            let grew = previous_live
+                .as_ref()
+                .is_some_and(|before| !live_names.is_subset(before));
+            previous_live = Some(live_names);
             announcer.set_owned(owned);
+            if grew && !next_share.is_empty() {
+                announcer.reannounce();
+            }
             for report in changes(&share, &next_share) {
                 if let Report::Announcing { service, .. } = &report
                     && !share.contains_key(service)
@@ -208,11 +301,26 @@ pub async fn run(
             }
             changed = feeds.links.changed() => {
                 if changed.is_err() { return announcer; }
-                announcer.set_links(feeds.links.borrow_and_update().clone());
+                let links = feeds.links.borrow_and_update().clone();
+                if fence.links(&links, std::time::Instant::now())
+                    && let Some(rejoin) = &fencing.rejoin
+                {
+                    tracing::info!(node = %settings.node_name, "a link came back: rejoining the membership");
+                    rejoin.now();
+                }
+                announcer.set_links(links);
+                dirty = true;
+            }
+            _ = sleep_until_opt(recheck) => {
+                recheck = None;
+                dirty = true;
             }
             _ = refresh.tick() => {
                 let membership = feeds.membership.as_ref().map(|m| m.snapshot());
                 metrics.refresh(&announcer.stats(), membership.as_ref());
+                if let Some(m) = &feeds.membership {
+                    metrics.observe_detections(&m.take_detections());
+                }
             }
             Some(event) = feeds.events.recv() => {
                 if let Some(report) = report_event(event, &decisions, &metrics) {
@@ -220,6 +328,13 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -350,19 +350,27 @@ fn members_join_through_a_seed() {
 }
 
 #[test]
-fn three_members_detect_a_crash_within_500_ms() {
+fn three_members_detect_a_crash_within_250_ms() {
+    // The failover target is a 300 ms median from crash to the client's first ARP reply from
+    // the new owner; detection must leave room for the announcer and the client's probe.
     let times = detection_trials(3, 30);
-    assert!(percentile(&times, 0.5) < Duration::from_millis(500));
     assert!(
-        times[times.len() - 1] < Duration::from_millis(700),
+        percentile(&times, 0.5) < Duration::from_millis(250),
+        "{times:?}"
+    );
+    assert!(
+        times[times.len() - 1] < Duration::from_millis(400),
         "{times:?}"
     );
 }
 
 #[test]
-fn fifty_members_detect_a_crash_within_500_ms() {
+fn fifty_members_detect_a_crash_within_300_ms() {
     let times = detection_trials(50, 10);
-    assert!(percentile(&times, 0.5) < Duration::from_millis(500));
+    assert!(
+        percentile(&times, 0.5) < Duration::from_millis(300),
+        "{times:?}"
+    );
     assert!(times[times.len() - 1] < Duration::from_secs(1), "{times:?}");
 }
 
@@ -416,10 +424,10 @@ fn a_member_paused_for_100_ms_is_never_declared_dead() {
 }
 
 #[test]
-fn a_member_paused_for_200_ms_is_suspected_and_refutes() {
-    // Twice the soak's pause: long enough to be suspected, short of the probe round plus the
-    // minimum suspicion (300 ms at defaults).
-    let (suspicions, refutations) = pauses(Duration::from_millis(200), 20, 6);
+fn a_member_paused_for_120_ms_is_suspected_and_refutes() {
+    // Longer than the soak's pause: long enough to be suspected (one probe interval, 50 ms),
+    // short of the probe interval plus the minimum suspicion (150 ms at defaults).
+    let (suspicions, refutations) = pauses(Duration::from_millis(120), 20, 6);
     assert!(
         suspicions > 0 && refutations > 0,
         "the pauses were noticed and refuted"

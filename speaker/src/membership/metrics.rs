@@ -1,7 +1,9 @@
 //! Counters and gauges of the membership loop, kept in atomics so the (later) Prometheus
 //! exporter and tests read them without talking to the loop.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use ferrolb_proto::gossip::Reason;
 
@@ -25,7 +27,14 @@ pub struct Metrics {
     pub datagrams_received: AtomicU64,
     pub send_errors: AtomicU64,
     rejected: [AtomicU64; Reason::ALL.len()],
+    /// How long each member declared dead here had been suspected, not yet taken by the
+    /// exporter (bounded: the oldest are dropped past [`MAX_PENDING_DETECTIONS`]).
+    detections: Mutex<Vec<Duration>>,
+    last_answer: Mutex<Option<std::time::Instant>>,
 }
+
+/// Detection times kept for the exporter between two reads.
+const MAX_PENDING_DETECTIONS: usize = 1024;
 
 /// A plain copy of [`Metrics`] at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,7 +81,17 @@ impl Metrics {
             Event::MemberUp(_) => &self.joins,
             Event::MemberSuspect { .. } => &self.suspicions,
             Event::MemberAlive { .. } => &self.refuted_suspicions,
-            Event::MemberDead { .. } => &self.deaths,
+            Event::MemberDead { suspected_for, .. } => {
+                if let Some(d) = suspected_for
+                    && let Ok(mut pending) = self.detections.lock()
+                {
+                    if pending.len() >= MAX_PENDING_DETECTIONS {
+                        pending.remove(0);
+                    }
+                    pending.push(*d);
+                }
+                &self.deaths
+            }
             Event::MemberLeft { .. } => &self.leaves,
             Event::Refuted { .. } => &self.refutations,
         };
@@ -86,6 +105,27 @@ impl Metrics {
             .store(count(MemberState::Suspect), Relaxed);
         self.members_dead.store(count(MemberState::Dead), Relaxed);
         self.members_left.store(count(MemberState::Left), Relaxed);
+    }
+
+    /// The detection times recorded since the last call (for a histogram): how long each
+    /// member declared dead had been suspected by this node.
+    pub fn take_detections(&self) -> Vec<Duration> {
+        self.detections
+            .lock()
+            .map(|mut pending| std::mem::take(&mut *pending))
+            .unwrap_or_default()
+    }
+
+    /// When a member last answered this node (an ack or a push-pull reply): datagrams get
+    /// through both ways. Self-fencing waits for one after a link comes back.
+    pub fn last_answer(&self) -> Option<std::time::Instant> {
+        self.last_answer.lock().ok().and_then(|a| *a)
+    }
+
+    pub(crate) fn set_last_answer(&self, at: Option<std::time::Instant>) {
+        if let Ok(mut a) = self.last_answer.lock() {
+            *a = at;
+        }
     }
 
     pub fn snapshot(&self) -> MetricsSnapshot {

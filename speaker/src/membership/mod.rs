@@ -66,7 +66,7 @@ mod swim;
 
 pub use ferrolb_proto::gossip::MemberState;
 pub use metrics::{Metrics, MetricsSnapshot};
-pub use shell::{LiveSet, Membership, MembershipConfig, MembershipError};
+pub use shell::{LiveSet, Membership, MembershipConfig, MembershipError, Rejoin};
 pub use swim::{Event, Member, Output, Swim};
 
 use std::time::Duration;
@@ -111,8 +111,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            probe_interval: Duration::from_millis(100),
-            probe_timeout: Duration::from_millis(40),
+            probe_interval: Duration::from_millis(50),
+            probe_timeout: Duration::from_millis(20),
             indirect_checks: 3,
             suspicion_mult: 2,
             suspicion_max_mult: 3,
@@ -121,8 +121,8 @@ impl Default for Config {
             gossip_nodes: 3,
             gossip_to_dead: Duration::from_secs(10),
             push_pull_interval: Duration::from_secs(10),
-            join_retry_interval: Duration::from_secs(1),
-            reconnect_interval: Duration::from_secs(1),
+            join_retry_interval: Duration::from_millis(500),
+            reconnect_interval: Duration::from_millis(500),
             dead_retention: Duration::from_secs(60),
             max_datagram: 1200,
         }
@@ -135,6 +135,13 @@ impl Config {
     pub fn suspicion_min(&self, live: usize) -> Duration {
         let scale = ((live.max(1) as f64).log10() - 1.0).max(1.0);
         (self.probe_interval * self.suspicion_mult).mul_f64(scale)
+    }
+
+    /// How long an out-of-turn check of someone else's suspect waits for its ack before
+    /// confirming the suspicion: two probe timeouts (a LAN round trip is far below one),
+    /// at most one probe interval.
+    pub fn check_timeout(&self) -> Duration {
+        (self.probe_timeout * 2).min(self.probe_interval)
     }
 
     /// How many times one update is piggybacked, for `live` live members.

@@ -97,8 +97,21 @@ pub enum MembershipError {
     Random(String),
 }
 
+#[derive(Debug)]
 enum Command {
     Leave(oneshot::Sender<()>),
+    Rejoin,
+}
+
+/// See [`Membership::rejoiner`].
+#[derive(Debug, Clone)]
+pub struct Rejoin(mpsc::Sender<Command>);
+
+impl Rejoin {
+    /// Asks the loop to rejoin now (dropped if the loop is busy with an earlier request).
+    pub fn now(&self) {
+        let _ = self.0.try_send(Command::Rejoin);
+    }
 }
 
 /// A running membership loop. Dropping it stops the loop abruptly (as a crash would); call
@@ -214,6 +227,13 @@ impl Membership {
         self.advertise
     }
 
+    /// A handle that makes the loop reach out to every seed and every member believed dead at
+    /// once (a push-pull each): for when this node's link comes back after being cut, so it
+    /// rejoins in one round trip.
+    pub fn rejoiner(&self) -> Rejoin {
+        Rejoin(self.commands.clone())
+    }
+
     /// Says goodbye to every member, keeps answering for the linger time, then stops.
     pub async fn leave(self) {
         let (done_tx, done) = oneshot::channel();
@@ -318,6 +338,11 @@ impl Shell {
                         self.dispatch(outputs);
                         leaving = Some((tokio::time::Instant::now() + self.leave_linger, done));
                     }
+                    Some(Command::Rejoin) => {
+                        tracing::info!(node, "membership: rejoining (link back)");
+                        let outputs = self.swim.rejoin(Instant::now());
+                        self.dispatch(outputs);
+                    }
                     None => commands_open = false,
                 },
                 _ = sleep_until_opt(linger_end) => {
@@ -339,6 +364,7 @@ impl Shell {
         match self.inbox.open(datagram) {
             Ok(packet) => {
                 let outputs = self.swim.handle(from, packet, now);
+                self.metrics.set_last_answer(self.swim.last_answer());
                 // Sends are fire-and-forget on a UDP socket: try_send keeps receive synchronous.
                 self.dispatch(outputs);
             }

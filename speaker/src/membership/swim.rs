@@ -166,6 +166,9 @@ pub struct Swim {
     next_reconnect: Instant,
     next_push_pull: Instant,
     last_tick: Option<Instant>,
+    /// When a member last answered this node (an ack, or a push-pull reply): proof that
+    /// datagrams get through both ways.
+    last_answer: Option<Instant>,
     out: Vec<Output>,
 }
 
@@ -211,6 +214,7 @@ impl Swim {
             suspicions: BTreeMap::new(),
             queue: Vec::new(),
             last_tick: None,
+            last_answer: None,
             out: Vec::new(),
             name,
         };
@@ -228,6 +232,11 @@ impl Swim {
 
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+
+    /// When a member last answered this node (an ack or a push-pull reply).
+    pub fn last_answer(&self) -> Option<Instant> {
+        self.last_answer
     }
 
     pub fn config(&self) -> &Config {
@@ -337,7 +346,10 @@ impl Swim {
             Message::Ping { seq } => {
                 self.send(from, &sender, Message::Ack { seq });
             }
-            Message::Ack { seq } => self.on_ack(seq),
+            Message::Ack { seq } => {
+                self.last_answer = Some(now);
+                self.on_ack(seq);
+            }
             Message::PingReq {
                 seq,
                 target,
@@ -380,6 +392,8 @@ impl Swim {
                 }
                 if want_reply {
                     self.push_table(from, &sender, false);
+                } else {
+                    self.last_answer = Some(now);
                 }
             }
             Message::Gossip => {}
@@ -626,6 +640,33 @@ impl Swim {
         }
     }
 
+    /// Reaches out at once to every seed and every member believed dead, as a push-pull:
+    /// called when this node's own link comes back, so a node that was cut off learns the
+    /// others are alive (and they learn it is) in one round trip instead of at the next
+    /// reconnect or join attempt.
+    pub fn rejoin(&mut self, now: Instant) -> Vec<Output> {
+        if self.leaving {
+            return Vec::new();
+        }
+        let mut targets: Vec<(String, SocketAddr)> = self
+            .members
+            .iter()
+            .filter(|(_, e)| e.state == MemberState::Dead)
+            .map(|(name, e)| (name.clone(), e.address))
+            .collect();
+        for seed in &self.seeds {
+            if !targets.iter().any(|(_, a)| a == seed) {
+                targets.push((String::new(), *seed));
+            }
+        }
+        for (name, address) in targets {
+            self.push_table(address, &name, true);
+        }
+        self.next_reconnect = now + self.config.reconnect_interval;
+        self.next_join = now + self.config.join_retry_interval;
+        std::mem::take(&mut self.out)
+    }
+
     fn tick_push_pull(&mut self, now: Instant) {
         if now < self.next_push_pull {
             return;
@@ -801,12 +842,15 @@ impl Swim {
                             self.checks.push(Check {
                                 target: member.clone(),
                                 seq,
-                                deadline: now + self.config.probe_interval,
+                                deadline: now + self.config.check_timeout(),
                             });
                             self.send(address, &member, Message::Ping { seq });
                         }
                         let suspicion = self.new_suspicion(&from, n, now);
                         self.suspicions.insert(member.clone(), suspicion);
+                        // Others' confirmations shorten every timer: spread the news in
+                        // this tick, not up to a gossip interval later.
+                        self.next_gossip = self.next_gossip.min(now);
                         self.event(Event::MemberSuspect {
                             name: member.clone(),
                             incarnation,
