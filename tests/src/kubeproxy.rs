@@ -125,7 +125,12 @@ mod tests {
             80,
             "fd00:250::50".parse().unwrap_or(IpAddr::from([0; 16])),
         );
-        let script = ruleset(&[v4, v6, Forward { port: 443, ..v4 }]).unwrap_or_default();
+        let https = Forward {
+            port: 443,
+            backend_port: 443,
+            ..v4
+        };
+        let script = ruleset(&[v4, v6, https]).unwrap_or_default();
         assert!(script.starts_with("table inet ferrolb_kubeproxy\ndelete table"));
         assert!(script.contains("ip daddr 10.250.0.100 tcp dport 80 dnat ip to 10.250.0.50:80"));
         assert!(script.contains("ip daddr 10.250.0.100 tcp dport 443 dnat ip to 10.250.0.50:443"));
