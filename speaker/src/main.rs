@@ -59,7 +59,7 @@ enum Command {
     ///
     /// With --state-dir it runs standalone on the directory the controller writes to (Nodes,
     /// IPAddressPools, L2Advertisements and Services as manifests); otherwise on Kubernetes.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Static announce: answer ARP/NDP for the given IPs from this host until SIGTERM.
     ///
     /// No Kubernetes, no election: this host owns the IPs. Useful on plain Linux hosts and to
@@ -302,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, &cli.log);
     match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Announce(args) => announce(args).await,
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ferrolb_e2e::install::manifests;
 use ferrolb_e2e::journey::replies;
 use ferrolb_e2e::{CapturedFrame, Journey, Lab, MacAddr, lab_or_skip};
-use ferrolb_proto::wire::{self, ArpOperation, Frame};
+use ferrolb_proto::wire::{self, Frame};
 
 /// Generous bounds for a loaded 2-core machine; the measured figures are printed.
 const ALLOCATE: Duration = Duration::from_secs(10);
