@@ -3,8 +3,9 @@
 //! and reports conflicts. Callers only say which IPs are owned and which links exist.
 //!
 //! The responders read the owned set from an `ArcSwap` snapshot, so the per-frame path takes
-//! no lock; everything else goes through the control thread's channel. pnet's receive call
-//! blocks, hence threads rather than tasks; the events come out on a Tokio channel.
+//! no lock; everything else goes through the control thread's channel. A responder blocks in
+//! `recv` and answers with `send` on the same socket, on its own thread (a task would add a
+//! reactor hop to every reply); the events come out on a Tokio channel.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -15,14 +16,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use ferrolb_proto::wire::{MacAddr, solicited_node};
-use pnet_datalink::{DataLinkReceiver, DataLinkSender};
 use tracing::{debug, info, trace, warn};
 
 use crate::conflict::{self, Probe, ProbeOutcome, ProbePlan, ProbeStep};
 use crate::gratuitous::{self, Burst, GratuitousPlan};
 use crate::interfaces::{self, ExcludePatterns, Link};
 use crate::responder::{self, Claim, Evidence, OwnedIps};
-use crate::socket::{self, SocketControl};
+use crate::socket::{self, PacketSocket, SocketControl};
 
 /// Everything the announcer can be tuned with; the defaults suit a home lab.
 #[derive(Debug, Clone, Default)]
@@ -554,10 +554,10 @@ impl Control {
             msgs: self.msgs.clone(),
             counters: self.registry.iface(&link.name),
         };
-        let (tx, rx) = (channel.tx, channel.rx);
+        let socket = channel.socket;
         let thread = thread::Builder::new()
             .name(format!("ferrolb-rx-{}", link.name))
-            .spawn(move || worker.run(rx, tx))
+            .spawn(move || worker.run(&socket))
             .map_err(|source| socket::SocketError {
                 iface: link.name.clone(),
                 step: "starting the responder thread",
@@ -780,11 +780,14 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self, mut rx: Box<dyn DataLinkReceiver>, mut tx: Box<dyn DataLinkSender>) {
+    fn run(self, socket: &PacketSocket) {
         use std::io::ErrorKind;
+        // Larger than any ARP or neighbour discovery frame; a longer one is cut and then
+        // rejected as malformed or ignored.
+        let mut buf = vec![0u8; 4096];
         while !self.stop.load(Ordering::Relaxed) {
-            let frame = match rx.next() {
-                Ok(frame) => frame,
+            let frame = match socket.recv(&mut buf) {
+                Ok(len) => buf.get(..len).unwrap_or_default(),
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -817,19 +820,16 @@ impl Worker {
                 if let Some(c) = counters {
                     c.requests.fetch_add(1, Ordering::Relaxed);
                 }
-                match tx.send_to(&reply.frame, None) {
-                    Some(Ok(())) => {
+                match socket.send(&reply.frame) {
+                    Ok(()) => {
                         if let Some(c) = counters {
                             c.replies.fetch_add(1, Ordering::Relaxed);
                         }
                         trace!(ip = %reply.ip, iface = %self.iface, "answered");
                     }
-                    Some(Err(error)) => {
+                    Err(error) => {
                         self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
                         debug!(ip = %reply.ip, iface = %self.iface, %error, "sending a reply");
-                    }
-                    None => {
-                        self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }

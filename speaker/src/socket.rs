@@ -1,6 +1,10 @@
 //! The AF_PACKET socket of one interface, set up so the kernel filters for the speaker: only ARP
 //! and neighbour solicitations/advertisements reach userspace, never our own outgoing frames,
-//! promiscuous mode off; then handed to pnet's datalink channel.
+//! promiscuous mode off; bound to the interface by pnet's datalink channel.
+//!
+//! The responder then reads and answers on its own descriptor of the socket with one blocking
+//! `recv` and one `send` per request: pnet's receiver and sender each `poll` before every call,
+//! which doubles the system calls on the path whose latency is measured against the kernel's.
 //!
 //! The workspace denies unsafe code; this module is the one place allowed the handful of libc
 //! calls pnet and std do not offer (socket options), each with its safety argument.
@@ -11,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
 use ferrolb_proto::wire::MacAddr;
-use pnet_datalink::{Channel, Config, DataLinkReceiver, DataLinkSender, NetworkInterface};
+use pnet_datalink::{Channel, Config, NetworkInterface};
 
 use crate::interfaces::Link;
 
@@ -26,6 +30,10 @@ const PACKET_MR_MULTICAST: libc::c_ushort = 0;
 
 /// How long a responder's read blocks before it looks at its stop flag.
 pub const READ_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The receive buffer asked for: room for a burst of a few thousand requests while the
+/// responder thread waits for a CPU (the default, ~200 KiB, holds about 300 ARP frames).
+const RECEIVE_BUFFER: libc::c_int = 4 << 20;
 
 /// Why a packet socket could not be set up or used; names the interface and the step.
 #[derive(Debug, thiserror::Error)]
@@ -102,17 +110,33 @@ const NEIGHBOUR_FILTER: [SockFilter; 12] = [
 
 /// The frames this interface's responder sees and sends, and a handle to change its multicast
 /// groups and send from another thread.
+#[derive(Debug)]
 pub struct PacketChannel {
-    pub tx: Box<dyn DataLinkSender>,
-    pub rx: Box<dyn DataLinkReceiver>,
+    pub socket: PacketSocket,
     pub control: SocketControl,
 }
 
-impl std::fmt::Debug for PacketChannel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PacketChannel")
-            .field("control", &self.control)
-            .finish_non_exhaustive()
+/// The responder thread's descriptor of the socket: blocking receives that give up after
+/// [`READ_TIMEOUT`] (so the thread sees its stop flag), and replies sent on the same socket.
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: OwnedFd,
+}
+
+impl PacketSocket {
+    /// Waits for the next frame and copies it into `buf`; returns its length (a frame longer
+    /// than `buf` is cut). `WouldBlock` after [`READ_TIMEOUT`] without one.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: the pointer and length describe `buf`, exclusively borrowed for the call; the
+        // fd is owned and open.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// Sends one whole Ethernet frame out of the bound interface, without waiting for room in
+    /// the send buffer (a full one is an error, counted by the caller).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        send(&self.fd, frame)
     }
 }
 
@@ -167,20 +191,7 @@ impl SocketControl {
 
     /// Sends one whole Ethernet frame out of the bound interface.
     pub fn send(&self, frame: &[u8]) -> Result<(), SocketError> {
-        // SAFETY: the pointer and length describe `frame`, borrowed for the call; the fd is owned
-        // and open. A packet socket bound to an interface needs no destination address.
-        let rc = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if rc < 0 {
-            return Err(self.error("sending a frame", io::Error::last_os_error()));
-        }
-        Ok(())
+        send(&self.fd, frame).map_err(|e| self.error("sending a frame", e))
     }
 
     pub fn iface(&self) -> &str {
@@ -201,6 +212,49 @@ impl SocketControl {
             step,
             source,
         }
+    }
+}
+
+/// `send(2)` of one frame on a bound packet socket, never blocking.
+fn send(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `frame`, borrowed for the call; the fd is owned
+    // and open. A packet socket bound to an interface needs no destination address.
+    let rc = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `setsockopt(2)` with an integer-sized (or any plain) value.
+fn set_option<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live, initialised `T` for the duration of the call and the length
+    // passed is its size; the kernel only reads it. The fd is owned and open.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            option,
+            std::ptr::from_ref(value).cast(),
+            socklen::<T>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -251,24 +305,25 @@ pub fn open(link: &Link) -> Result<PacketChannel, SocketError> {
         ));
     }
 
-    let one: libc::c_int = 1;
-    // SAFETY: `one` is a live c_int and the length is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            SOL_PACKET,
-            PACKET_IGNORE_OUTGOING,
-            (&raw const one).cast(),
-            socklen::<libc::c_int>(),
-        )
-    };
-    if rc != 0 {
-        return Err(err(
-            "setting PACKET_IGNORE_OUTGOING (needs Linux 4.20)",
-            io::Error::last_os_error(),
-        ));
+    set_option(&fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &1 as &libc::c_int)
+        .map_err(|e| err("setting PACKET_IGNORE_OUTGOING (needs Linux 4.20)", e))?;
+    // Past net.core.rmem_max only with CAP_NET_ADMIN (FORCE); otherwise as much as allowed.
+    if set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RECEIVE_BUFFER).is_err() {
+        set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &RECEIVE_BUFFER)
+            .map_err(|e| err("setting the receive buffer size", e))?;
     }
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: libc::suseconds_t::try_from(READ_TIMEOUT.as_micros()).unwrap_or(100_000),
+    };
+    set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)
+        .map_err(|e| err("setting the receive timeout", e))?;
 
+    let socket = PacketSocket {
+        fd: fd
+            .try_clone()
+            .map_err(|e| err("duplicating the socket", e))?,
+    };
     let control = SocketControl {
         fd: fd
             .try_clone()
@@ -294,21 +349,43 @@ pub fn open(link: &Link) -> Result<PacketChannel, SocketError> {
         flags: 0,
     };
     let config = Config {
-        read_timeout: Some(READ_TIMEOUT),
-        write_timeout: Some(Duration::from_millis(100)),
         promiscuous: false,
         socket_fd: Some(fd.into_raw_fd()),
+        // Never used for frames: only the binding matters.
+        read_buffer_size: 0,
+        write_buffer_size: 0,
         ..Config::default()
     };
-    // pnet takes ownership of the descriptor (closing it on error and when both halves drop).
+    // pnet takes ownership of its descriptor (closing it on error and when both halves drop);
+    // it binds the socket to the interface. Ours stay open, so the halves can go at once.
     match pnet_datalink::channel(&interface, config) {
-        Ok(Channel::Ethernet(tx, rx)) => Ok(PacketChannel { tx, rx, control }),
-        Ok(_) => Err(err(
-            "opening the pnet channel",
-            io::Error::other("pnet returned a non-Ethernet channel"),
-        )),
-        Err(e) => Err(err("binding the socket to the interface", e)),
+        Ok(Channel::Ethernet(_, _)) => {}
+        Ok(_) => {
+            return Err(err(
+                "opening the pnet channel",
+                io::Error::other("pnet returned a non-Ethernet channel"),
+            ));
+        }
+        Err(e) => return Err(err("binding the socket to the interface", e)),
     }
+    // pnet made the open file non-blocking (shared by every descriptor of it): the responder
+    // blocks in `recv` instead, bounded by SO_RCVTIMEO; the control handle sends MSG_DONTWAIT.
+    clear_nonblocking(&socket.fd).map_err(|e| err("making the socket blocking", e))?;
+    Ok(PacketChannel { socket, control })
+}
+
+fn clear_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl F_GETFL/F_SETFL on an owned, open fd; no pointers involved.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
