@@ -785,6 +785,10 @@ impl Worker {
         // Larger than any ARP or neighbour discovery frame; a longer one is cut and then
         // rejected as malformed or ignored.
         let mut buf = vec![0u8; 4096];
+        if let Err(error) = socket::raise_thread_priority() {
+            debug!(iface = %self.iface, %error, nice = socket::RESPONDER_NICE,
+                "responder keeps the default priority (raising it needs CAP_SYS_NICE)");
+        }
         while !self.stop.load(Ordering::Relaxed) {
             let frame = match socket.recv(&mut buf) {
                 Ok(len) => buf.get(..len).unwrap_or_default(),

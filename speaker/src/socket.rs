@@ -7,7 +7,8 @@
 //! which doubles the system calls on the path whose latency is measured against the kernel's.
 //!
 //! The workspace denies unsafe code; this module is the one place allowed the handful of libc
-//! calls pnet and std do not offer (socket options), each with its safety argument.
+//! calls pnet and std do not offer (socket options, the responder thread's priority), each with
+//! its safety argument.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -34,6 +35,30 @@ pub const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// The receive buffer asked for: room for a burst of a few thousand requests while the
 /// responder thread waits for a CPU (the default, ~200 KiB, holds about 300 ARP frames).
 const RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
+/// The nice value a responder thread asks for. When a request wakes it on a CPU that is busy
+/// (the sender of the request, a build), a woken thread of higher weight preempts at once
+/// rather than after the running task's slice: in the lab this cut the p99 reply latency
+/// inside the node from 60-80 µs to 35-38 µs. The thread does a few microseconds of work per
+/// frame; under an ARP flood it gets a larger share of a CPU than a nice-0 task would (the
+/// kernel's own answers, in softirq, outrank every task).
+pub const RESPONDER_NICE: libc::c_int = -10;
+
+/// Gives the calling thread (only it: Linux keeps a nice value per thread) the nice value
+/// [`RESPONDER_NICE`]. Needs CAP_SYS_NICE or a matching RLIMIT_NICE; without, the error says so
+/// and the thread keeps its priority.
+pub fn raise_thread_priority() -> io::Result<()> {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    let tid = libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: integer arguments only; `tid` names the calling thread, which is alive.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, RESPONDER_NICE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// Why a packet socket could not be set up or used; names the interface and the step.
 #[derive(Debug, thiserror::Error)]
