@@ -170,6 +170,9 @@ pub struct Announcer {
     tx: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
     registry: Arc<Registry>,
+    /// The owned IPs, for whoever acts on ownership besides answering ([`crate::local_vips`]);
+    /// closed once the announcer has stopped answering.
+    owned: tokio::sync::watch::Sender<BTreeSet<IpAddr>>,
 }
 
 impl Announcer {
@@ -198,6 +201,7 @@ impl Announcer {
                 tx,
                 thread: Some(thread),
                 registry,
+                owned: tokio::sync::watch::Sender::new(BTreeSet::new()),
             },
             events,
         ))
@@ -213,7 +217,19 @@ impl Announcer {
     /// answered at once (the next frame already sees the new set); a new one is probed or
     /// announced right away.
     pub fn set_owned(&self, owned: BTreeMap<IpAddr, Intent>) {
+        let ips: BTreeSet<IpAddr> = owned.keys().copied().collect();
         let _ = self.tx.send(Msg::Owned(owned));
+        self.owned.send_if_modified(|current| {
+            let changed = *current != ips;
+            *current = ips;
+            changed
+        });
+    }
+
+    /// Follows the owned IPs as [`set_owned`](Self::set_owned) sets them; the sender closes
+    /// after [`shutdown`](Self::shutdown) has stopped every responder.
+    pub fn owned(&self) -> tokio::sync::watch::Receiver<BTreeSet<IpAddr>> {
+        self.owned.subscribe()
     }
 
     /// Starts a fresh gratuitous burst for every IP being announced: for when stations may

@@ -8,6 +8,7 @@
 //! - [`conflict`]: RFC 5227 / DAD probing before a first announcement.
 //! - [`socket`]: the filtered AF_PACKET socket of one interface, handed to pnet.
 //! - [`fencing`]: whether this node may announce at all (cut off from its peers by its own link).
+//! - [`local_vips`]: owned IPs held on a dummy interface for listeners on the node itself.
 //! - [`node`]: the loop on one node: decisions in, announcer and reports out.
 //! - [`kubernetes`]: the backend over the Kubernetes API.
 //! - [`standalone`]: the backend over the shared state directory.
@@ -21,6 +22,7 @@ pub mod fencing;
 pub mod gratuitous;
 pub mod interfaces;
 pub mod kubernetes;
+pub mod local_vips;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -15,6 +15,7 @@ use ferrolb_proto::gossip::KeyRing;
 use ferrolb_speaker::conflict::ProbePlan;
 use ferrolb_speaker::gratuitous::GratuitousPlan;
 use ferrolb_speaker::interfaces::{self, DEFAULT_EXCLUDE, ExcludePatterns};
+use ferrolb_speaker::local_vips::{self, LocalVips};
 use ferrolb_speaker::membership::{Config as ProtocolConfig, Membership, MembershipConfig};
 use ferrolb_speaker::metrics::Metrics;
 use ferrolb_speaker::node::{self, Feeds, NodeSettings};
@@ -64,8 +65,8 @@ enum Command {
     ///
     /// No Kubernetes, no election: this host owns the IPs. Useful on plain Linux hosts and to
     /// test the announcer. The IPs must not be configured on the interface itself (the kernel
-    /// would answer too); put them on a dummy interface with arp_ignore=1/arp_announce=2 if
-    /// local software must receive their traffic.
+    /// would answer too); with --local-vip-interface the speaker holds them on an interface of
+    /// its own, ARP suppressed, so local software receives their traffic.
     Announce(AnnounceArgs),
 }
 
@@ -276,12 +277,23 @@ struct AnnouncerArgs {
     /// Seconds before probing again an IP found taken.
     #[arg(long, env = "FERROLB_RECHECK_SECS", default_value_t = 10)]
     recheck_secs: u64,
+    /// Also hold each owned IP on this dummy interface (created at start, deleted at exit,
+    /// ARP suppressed) so listeners on this node receive its traffic: for hosts without
+    /// kube-proxy. Sets net.ipv4.conf.{all,NAME}.arp_ignore=1 and arp_announce=2.
+    #[arg(long, env = "FERROLB_LOCAL_VIP_INTERFACE", value_name = "NAME")]
+    local_vip_interface: Option<String>,
 }
 
 impl AnnouncerArgs {
     fn config(&self) -> AnnouncerConfig {
         AnnouncerConfig {
-            exclude: ExcludePatterns::new(self.exclude_interfaces.iter().cloned()),
+            // Never announce on our own dummy (it is NOARP anyway; this says so in the logs).
+            exclude: ExcludePatterns::new(
+                self.exclude_interfaces
+                    .iter()
+                    .chain(&self.local_vip_interface)
+                    .cloned(),
+            ),
             gratuitous: GratuitousPlan {
                 count: self.gratuitous_count,
                 interval: Duration::from_millis(self.gratuitous_interval_ms),
@@ -326,6 +338,8 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
     }
     let (announcer, mut events) =
         Announcer::start(config).context("starting the announcer thread")?;
+    let local_vips =
+        hold_local_vips(args.announcer.local_vip_interface.as_deref(), &announcer).await?;
     announcer.set_links(links.borrow_and_update().clone());
     let intent = Intent {
         interfaces: args.interfaces.clone(),
@@ -358,7 +372,35 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || announcer.shutdown())
         .await
         .context("stopping the announcer")?;
+    release_local_vips(local_vips).await;
     Ok(())
+}
+
+/// Starts holding the owned IPs on the local VIP interface, when one is configured.
+async fn hold_local_vips(
+    name: Option<&str>,
+    announcer: &Announcer,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let vips = LocalVips::create(name)
+        .await
+        .context("setting up --local-vip-interface (needs CAP_NET_ADMIN)")?;
+    Ok(Some(tokio::spawn(local_vips::follow(
+        vips,
+        announcer.owned(),
+    ))))
+}
+
+/// Waits until the local VIP interface is gone (the announcer has stopped, so its owned set
+/// is closed).
+async fn release_local_vips(task: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = task
+        && let Err(error) = task.await
+    {
+        warn!(%error, "the local VIP task failed");
+    }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -448,6 +490,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let (announcer, events) =
         Announcer::start(announcer_config).context("starting the announcer")?;
+    let local_vips =
+        hold_local_vips(args.announcer.local_vip_interface.as_deref(), &announcer).await?;
     let settings = NodeSettings {
         node_name: args.node_name.clone(),
         lb_class: args.lb_class.clone(),
@@ -482,6 +526,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || announcer.shutdown())
         .await
         .context("stopping the announcer")?;
+    release_local_vips(local_vips).await;
     let _ = recorder.await;
     info!("stopped");
     Ok(())

@@ -1,13 +1,15 @@
 //! The announcer end to end in the network lab: the real `ferrolb-speaker announce` binary on
 //! lab nodes, checked with arping, ndisc6 and captures from the client.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use ferrolb_e2e::tools::{arping, arping_until, ndisc6, ndisc6_until};
 use ferrolb_e2e::{Background, CapturedFrame, Host, Lab, lab_or_skip};
 use ferrolb_proto::wire::{self, ArpOperation, ArpRepr, Frame, MacAddr, NdiscRepr};
+use ferrolb_speaker::local_vips::ALIAS;
 
 const SPEAKER: &str = env!("CARGO_BIN_EXE_ferrolb-speaker");
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 100);
@@ -386,6 +388,114 @@ fn sigterm_stops_answers_within_a_second() {
         secs(stopping, exited),
         secs(stopping, last)
     );
+}
+
+/// The addresses on `iface` in `host`'s namespace, or `None` when there is no such interface.
+fn addresses(host: &Host, iface: &str) -> Option<BTreeSet<IpAddr>> {
+    let out = host
+        .ns()
+        .exec(["ip", "-j", "addr", "show", "dev", iface])
+        .expect("ip addr show runs");
+    if !out.status.success() {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+    Some(
+        json.pointer("/0/addr_info")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.get("scope").and_then(|s| s.as_str()) == Some("global"))
+            .filter_map(|a| a.get("local")?.as_str()?.parse().ok())
+            .collect(),
+    )
+}
+
+/// Polls `addresses` until `done` holds.
+fn wait_addresses(
+    host: &Host,
+    iface: &str,
+    done: impl Fn(&Option<BTreeSet<IpAddr>>) -> bool,
+) -> Option<BTreeSet<IpAddr>> {
+    let deadline = Instant::now() + READY;
+    loop {
+        let now = addresses(host, iface);
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{iface} on {}: {now:?}",
+            host.name()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn local_vip_interface_holds_the_ips_and_goes_at_exit() {
+    lab_or_skip!("arping", "ndisc6");
+    let lab = Lab::builder().nodes(1).build().unwrap();
+    let (client, n1) = (lab.client(), lab.node(1).unwrap());
+    let args = [
+        "-i",
+        "eth0",
+        "--ip",
+        &VIP.to_string(),
+        "--ip",
+        &vip6().to_string(),
+        "--local-vip-interface",
+        "ferrolb0",
+    ];
+
+    // An interface of that name FerroLB did not create is refused and left alone.
+    n1.ns()
+        .ip(["link", "add", "ferrolb0", "type", "bridge"])
+        .unwrap();
+    n1.ns()
+        .ip(["addr", "add", "10.250.0.199/32", "dev", "ferrolb0"])
+        .unwrap();
+    let refused = speaker(n1, &args);
+    let status = refused.wait_within(READY).unwrap().expect("it gives up");
+    assert!(!status.success());
+    let log = refused.log().unwrap();
+    assert!(
+        log.contains("interface ferrolb0 exists and FerroLB did not create it"),
+        "{log}"
+    );
+    let stale: IpAddr = "10.250.0.199".parse().unwrap();
+    assert_eq!(addresses(n1, "ferrolb0"), Some(BTreeSet::from([stale])));
+
+    // A leftover of a crashed speaker (its alias) is replaced, stale address and all.
+    n1.ns()
+        .ip(["link", "set", "ferrolb0", "alias", ALIAS])
+        .unwrap();
+    let s = speaker(n1, &args);
+    let vips = BTreeSet::from([IpAddr::V4(VIP), IpAddr::V6(vip6())]);
+    wait_addresses(n1, "ferrolb0", |now| now.as_ref() == Some(&vips));
+    for (key, floor) in [("arp_ignore", 1), ("arp_announce", 2)] {
+        let value = n1
+            .ns()
+            .exec(["cat", &format!("/proc/sys/net/ipv4/conf/all/{key}")])
+            .unwrap();
+        let value: u32 = String::from_utf8_lossy(&value.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(value >= floor, "all.{key} = {value}");
+    }
+    // The kernel holds the VIP now and stays quiet: one answer per request, the speaker's.
+    arping_until(client.ns(), "eth0", VIP, READY, |macs| !macs.is_empty()).unwrap();
+    let macs = arping(client.ns(), "eth0", VIP, 5, Duration::from_millis(20)).unwrap();
+    assert_eq!(macs, vec![n1.mac(); 5]);
+    assert_eq!(
+        ndisc6(client.ns(), "eth0", vip6(), READY).unwrap(),
+        Some(n1.mac())
+    );
+
+    let status = s.stop().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert_eq!(addresses(n1, "ferrolb0"), None, "the interface is gone");
 }
 
 #[test]

@@ -384,6 +384,14 @@ impl Install {
         }
     }
 
+    /// Stops the speaker of node `name` with SIGTERM (make-before-break) and reaps it.
+    pub fn stop_speaker(&mut self, name: &str) -> Result<std::process::ExitStatus> {
+        match self.speakers.remove(name) {
+            Some(process) => process.stop(),
+            None => Err(LabError::Spec(format!("no speaker runs on node {name}"))),
+        }
+    }
+
     /// The speaker process of node `name`, if running.
     pub fn speaker(&self, name: &str) -> Option<&Background> {
         self.speakers.get(name)

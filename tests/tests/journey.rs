@@ -554,7 +554,6 @@ fn an_interface_limited_advertisement_answers_only_on_eth1() {
 /// the IP on a dummy interface (ARP suppressed) while it owns it, so the node's own nginx
 /// answers; the kernel never answers ARP for it.
 #[test]
-#[ignore = "needs speaker --local-vip-interface (issue 6)"]
 fn standalone_hands_traffic_to_a_listener_on_the_owner_node() {
     lab_or_skip!("arping", "curl", "nginx");
     let _slot = Slot::take();
@@ -589,7 +588,9 @@ fn standalone_hands_traffic_to_a_listener_on_the_owner_node() {
         .unwrap();
     let vip = journey.install.wait_ip("demo", "web", ALLOCATE).unwrap();
 
-    for round in 0..2 {
+    // Round 0: as started; 1: after the owner crashed; 2: after it came back.
+    let mut crashed: Option<(usize, Host)> = None;
+    for round in 0..3 {
         let owner = journey.arp_owner("eth0", v4(vip), ANSWER).unwrap().clone();
         let macs = journey.arp_answers("eth0", v4(vip), 5).unwrap();
         assert_eq!(
@@ -599,7 +600,7 @@ fn standalone_hands_traffic_to_a_listener_on_the_owner_node() {
         );
         for node in journey.lab.nodes() {
             if journey.install.speaker(node.name()).is_none() {
-                continue; // crashed: nobody removed its address; a restarted speaker must
+                continue; // crashed: nobody removed its address (the restart does)
             }
             let held = journey.local_vips(node, "ferrolb0").unwrap();
             assert_eq!(
@@ -614,12 +615,41 @@ fn standalone_hands_traffic_to_a_listener_on_the_owner_node() {
             page.starts_with(&format!("ingress proxy {} ", owner.name())),
             "the owner's own listener answered: {page}"
         );
-        if round == 0 {
-            journey.install.kill_speaker(owner.name()).unwrap();
-            journey
-                .arp_until("eth0", v4(vip), ANSWER, |mac| mac != owner.mac())
-                .unwrap();
+        match round {
+            0 => {
+                let i = journey
+                    .lab
+                    .nodes()
+                    .iter()
+                    .position(|n| n.name() == owner.name())
+                    .unwrap();
+                journey.install.kill_speaker(owner.name()).unwrap();
+                journey
+                    .arp_until("eth0", v4(vip), ANSWER, |mac| mac != owner.mac())
+                    .unwrap();
+                crashed = Some((i + 1, owner));
+            }
+            1 => {
+                // The node returns: its speaker replaces the leftover interface and, owner
+                // again, holds the IP there once more.
+                let (i, node) = crashed.take().unwrap();
+                journey.install.start_speaker(i).unwrap();
+                journey
+                    .arp_until("eth0", v4(vip), ANSWER, |mac| mac == node.mac())
+                    .unwrap();
+            }
+            _ => {}
         }
+    }
+    // A graceful stop deletes the interface, and the VIP with it.
+    for node in journey.lab.nodes().to_vec() {
+        let status = journey.install.stop_speaker(node.name()).unwrap();
+        assert!(status.success(), "{}: {status}", node.name());
+        let out = node
+            .ns()
+            .exec(["ip", "link", "show", "dev", "ferrolb0"])
+            .unwrap();
+        assert!(!out.status.success(), "{}: ferrolb0 is gone", node.name());
     }
     drop(proxies);
 }
