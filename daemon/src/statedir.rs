@@ -41,12 +41,29 @@ pub struct StateDir {
 }
 
 /// Which changes a watcher reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Watch {
-    /// Everything: user manifests and the controller's status files (what speakers need).
+    /// Everything: user manifests and the controller's status files.
     All,
     /// User manifests only (what the controller needs: it wrote the status itself).
     Manifests,
+    /// Everything but the tree under this relative directory: the watcher's own writes (a
+    /// speaker's `status/l2/<node>`), which it knows without re-reading the whole directory.
+    AllBut(String),
+}
+
+impl Watch {
+    fn reports(&self, relative: &str) -> bool {
+        let hidden = relative.split('/').any(|part| part.starts_with('.'));
+        !hidden
+            && match self {
+                Watch::All => true,
+                Watch::Manifests => !is_status_path(relative),
+                Watch::AllBut(own) => relative
+                    .strip_prefix(own.as_str())
+                    .is_none_or(|rest| !rest.is_empty() && !rest.starts_with('/')),
+            }
+    }
 }
 
 /// Settled changes of a watched directory. Dropping it stops watching.
@@ -208,13 +225,8 @@ impl StateDir {
                     return;
                 }
                 let relevant = event.paths.iter().any(|path| {
-                    let Ok(relative) = path.strip_prefix(&root) else {
-                        return false;
-                    };
-                    let relative = relative.to_string_lossy();
-                    let hidden = relative.split('/').any(|part| part.starts_with('.'));
-                    let status = is_status_path(&relative);
-                    !hidden && (which == Watch::All || !status)
+                    path.strip_prefix(&root)
+                        .is_ok_and(|relative| which.reports(&relative.to_string_lossy()))
                 });
                 if relevant {
                     let _ = tx.send(());
@@ -295,6 +307,24 @@ mod tests {
             missing.contains("missing") && missing.contains("No such file"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn a_watch_reports_what_it_is_for() {
+        let own = Watch::AllBut("status/l2/n1".to_owned());
+        for (path, all, manifests, all_but_own) in [
+            ("pools.yaml", true, true, true),
+            ("apps/.web.yaml.tmp", false, false, false),
+            ("status/services/demo/web.yaml", true, false, true),
+            ("status/l2/n1", true, false, false),
+            ("status/l2/n1/demo/web.yaml", true, false, false),
+            ("status/l2/n10/demo/web.yaml", true, false, true),
+            ("status/l2/n2/demo/web.yaml", true, false, true),
+        ] {
+            assert_eq!(Watch::All.reports(path), all, "{path}");
+            assert_eq!(Watch::Manifests.reports(path), manifests, "{path}");
+            assert_eq!(own.reports(path), all_but_own, "{path}");
+        }
     }
 
     #[tokio::test]

@@ -435,7 +435,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (first, cluster, recorder) = match &args.state_dir {
         Some(state_dir) => {
             let dir = StateDir::open(state_dir)?;
-            let (first, cluster) = standalone::follow(&dir, stop.clone())?;
+            let (first, cluster) = standalone::follow(&dir, &args.node_name, stop.clone())?;
             let recorder = tokio::spawn(standalone::record(dir, args.node_name.clone(), reports));
             (first, cluster, recorder)
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ferrolb_daemon::shutdown::Shutdown;
 use ferrolb_daemon::statedir::{StateDir, StateDirError, Watch};
 use ferrolb_proto::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL, SERVICE_NAMESPACE_LABEL};
-use ferrolb_proto::api::state::{Snapshot, l2_status_path};
+use ferrolb_proto::api::state::{Snapshot, l2_status_dir, l2_status_path};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::json;
@@ -29,12 +29,15 @@ pub fn cluster(snapshot: Snapshot) -> Cluster {
 }
 
 /// Reads the directory once and starts following it: returns the first cluster (for set-up,
-/// such as membership seeds) and the feed of later ones.
+/// such as membership seeds) and the feed of later ones. `node`'s own announcement records
+/// are read at start (those of a previous run) but their changes are not followed: this
+/// speaker wrote them, and re-reading a directory of many Services for each would cost.
 pub fn follow(
     dir: &StateDir,
+    node: &str,
     mut shutdown: Shutdown,
 ) -> Result<(Arc<Cluster>, watch::Receiver<Arc<Cluster>>), StateDirError> {
-    let mut changes = dir.watch(Watch::All)?;
+    let mut changes = dir.watch(Watch::AllBut(l2_status_dir(node)))?;
     let first = read(dir)?;
     let (tx, rx) = watch::channel(first.clone());
     let dir = dir.clone();

@@ -41,7 +41,12 @@ pub fn pool_status_path(name: &str) -> String {
 
 /// Where a speaker records that it announces a Service, relative to the state directory.
 pub fn l2_status_path(node: &str, namespace: &str, name: &str) -> String {
-    format!("{STATUS_DIR}/l2/{node}/{namespace}/{name}.yaml")
+    format!("{}/{namespace}/{name}.yaml", l2_status_dir(node))
+}
+
+/// The directory of one node's announcement records, relative to the state directory.
+pub fn l2_status_dir(node: &str) -> String {
+    format!("{STATUS_DIR}/l2/{node}")
 }
 
 /// Whether a relative path is one the controller writes (and user manifests must not be in).
@@ -87,59 +92,54 @@ struct Collected {
 
 impl Snapshot {
     /// Builds a snapshot from `(relative path, text)` pairs; paths decide whether a file holds
-    /// user manifests or controller-written status.
+    /// user manifests or controller-written status. Owned texts are taken as they are and each
+    /// is dropped once parsed: a directory of many Services is never held twice.
     pub fn from_files<I, P, T>(files: I) -> Snapshot
     where
         I: IntoIterator<Item = (P, T)>,
-        P: AsRef<str>,
-        T: AsRef<str>,
+        P: Into<String>,
+        T: Into<String>,
     {
-        let mut files: Vec<(String, String)> = files
+        let (mut statuses, mut manifests): (Vec<(String, String)>, Vec<(String, String)>) = files
             .into_iter()
-            .map(|(p, t)| (p.as_ref().to_owned(), t.as_ref().to_owned()))
+            .map(|(p, t)| (p.into(), t.into()))
             .filter(|(p, _)| is_manifest_path(p))
-            .collect();
-        files.sort();
+            .partition(|(p, _)| is_status_path(p));
+        manifests.sort();
+        statuses.sort();
 
         let mut problems = Vec::new();
         let mut collected = Collected::default();
-        let mut overlays: BTreeMap<Key, Service> = BTreeMap::new();
-        let mut pool_overlays: BTreeMap<String, IPAddressPool> = BTreeMap::new();
-        let mut l2_statuses = Vec::new();
-        for (path, text) in &files {
-            for result in parse_documents(path, text) {
-                let manifest = match result {
-                    Ok(manifest) => manifest,
-                    Err(err) => {
-                        problems.push(err);
-                        continue;
-                    }
-                };
-                if is_status_path(path) {
-                    match manifest {
-                        Manifest::Service(svc) => {
-                            overlays.insert(key_of(&*svc), *svc);
-                        }
-                        Manifest::IPAddressPool(pool) => {
-                            pool_overlays.insert(pool.name_any(), pool);
-                        }
-                        Manifest::ServiceL2Status(status) => l2_statuses.push(status),
-                        _ => {}
-                    }
-                } else if let Err(err) = collected.add(path, manifest) {
-                    problems.push(err);
+        for (path, text) in manifests {
+            for result in parse_documents(&path, &text) {
+                match result.map(|manifest| collected.add(&path, manifest)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) | Err(err) => problems.push(err),
                 }
             }
         }
-
-        for (key, overlay) in overlays {
-            if let Some(svc) = collected.services.get_mut(&key) {
-                apply_service_overlay(svc, overlay);
-            }
-        }
-        for pool in collected.pools.values_mut() {
-            if let Some(overlay) = pool_overlays.remove(&pool.name_any()) {
-                pool.status = overlay.status;
+        // Status after every manifest, so each overlay lands on its object at once.
+        let mut l2_statuses = Vec::new();
+        for (path, text) in statuses {
+            for result in parse_documents(&path, &text) {
+                match result {
+                    Ok(Manifest::Service(overlay)) => {
+                        if let Some(svc) = collected.services.get_mut(&key_of(&*overlay)) {
+                            apply_service_overlay(svc, *overlay);
+                        }
+                    }
+                    Ok(Manifest::IPAddressPool(overlay)) => {
+                        if let Some(pool) = collected
+                            .pools
+                            .get_mut(&(String::new(), overlay.name_any()))
+                        {
+                            pool.status = overlay.status;
+                        }
+                    }
+                    Ok(Manifest::ServiceL2Status(status)) => l2_statuses.push(status),
+                    Ok(_) => {}
+                    Err(err) => problems.push(err),
+                }
             }
         }
 
