@@ -476,6 +476,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config
         .seeds
         .extend(standalone::seeds(&first, &args.node_name, port));
+    // Only for set-up: the feed holds the current cluster, and a second copy of every Service
+    // for the daemon's lifetime would cost memory.
+    drop(first);
     let membership = Membership::start(config).await?;
     info!(node = %args.node_name, advertise = %membership.advertise(), seeds = ?args.peers, "joined the membership");
 

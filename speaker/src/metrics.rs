@@ -184,20 +184,21 @@ impl Metrics {
         self.takeovers.inc();
     }
 
-    /// Copies the announcer's and the membership loop's counts in.
+    /// Copies the announcer's and the membership loop's counts in. A per-IP series appears
+    /// with its first count, as MetalLB's do: a thousand IPs nobody asks for cost no series.
     pub fn refresh(&self, stats: &Stats, membership: Option<&MetricsSnapshot>) {
         for (ip, s) in &stats.ips {
             let ip = ip.to_string();
-            catch_up(
-                &self.requests.with_label_values(&[&ip]),
-                s.requests_received,
-            );
-            catch_up(&self.responses.with_label_values(&[&ip]), s.replies_sent);
-            catch_up(
-                &self.gratuitous.with_label_values(&[&ip]),
-                s.gratuitous_sent,
-            );
-            catch_up(&self.conflicts.with_label_values(&[&ip]), s.conflicts);
+            for (counter, value) in [
+                (&self.requests, s.requests_received),
+                (&self.responses, s.replies_sent),
+                (&self.gratuitous, s.gratuitous_sent),
+                (&self.conflicts, s.conflicts),
+            ] {
+                if value > 0 {
+                    catch_up(&counter.with_label_values(&[&ip]), value);
+                }
+            }
         }
         if let Some(m) = membership {
             self.members
