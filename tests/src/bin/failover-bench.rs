@@ -442,9 +442,16 @@ vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\
     )
 }
 
-fn start_keepalived(lab: &Lab, i: usize, v3: bool) -> Result<Background, String> {
+/// Starts keepalived on node `i`; `incarnation` gives each start its own pid files (a restart
+/// right after a crash must not find the dead instance's files and refuse to run).
+fn start_keepalived(
+    lab: &Lab,
+    i: usize,
+    incarnation: usize,
+    v3: bool,
+) -> Result<Background, String> {
     let node = lab.node(i).ok_or("no node")?;
-    let dir = lab.dir().join(format!("keepalived-n{i}"));
+    let dir = lab.dir().join(format!("keepalived-n{i}-{incarnation}"));
     std::fs::create_dir_all(&dir).map_err(err)?;
     let conf = dir.join("keepalived.conf");
     std::fs::write(&conf, keepalived_conf(node, 250 - 50 * i as u32, v3)).map_err(err)?;
@@ -481,7 +488,7 @@ fn keepalived(kind: Kind, trials: usize, v3: bool) -> Outcome {
     }
     let mut daemons: Vec<Option<Background>> = Vec::new();
     for i in 1..=3 {
-        daemons.push(Some(start_keepalived(&lab, i, v3)?));
+        daemons.push(Some(start_keepalived(&lab, i, 0, v3)?));
     }
     let client = lab.client().ns().clone();
     let master_mac = lab.node(1).ok_or("no n1")?.mac();
@@ -581,14 +588,21 @@ fn keepalived(kind: Kind, trials: usize, v3: bool) -> Outcome {
             Kind::Crash | Kind::Stop => {
                 let _ = daemon.wait_within(Duration::from_secs(5));
                 drop(daemon);
-                let fresh = start_keepalived(&lab, 1, v3)?;
+                let fresh = start_keepalived(&lab, 1, trial + 1, v3)?;
                 if let Some(slot) = daemons.first_mut() {
                     *slot = Some(fresh);
                 }
             }
         }
         let started = Instant::now();
-        wait_master()?;
+        if let Err(why) = wait_master() {
+            let log = daemons
+                .first()
+                .and_then(Option::as_ref)
+                .and_then(|d| d.log().ok())
+                .unwrap_or_default();
+            return Err(format!("{why}; the restored master's log:\n{log}"));
+        }
         eprintln!(
             "   master back after {:.1} s",
             started.elapsed().as_secs_f64()
