@@ -1,8 +1,15 @@
 # syntax=docker/dockerfile:1
-# FerroLB's container image: both binaries, ferrolb-controller and ferrolb-speaker, in
-# /usr/local/bin of a distroless image (glibc and CA certificates, no shell, no package manager).
+# FerroLB's container image: both binaries, ferrolb-controller and ferrolb-speaker, statically
+# linked (musl), in /usr/local/bin of distroless/static (CA certificates, /etc/passwd with the
+# `nonroot` user, no libc, no shell, no package manager).
 #
 #   docker build -t ghcr.io/ferrolb/ferrolb:0.1.0 .
+#   docker buildx build --platform linux/amd64,linux/arm64 -t ghcr.io/ferrolb/ferrolb:0.1.0 .
+#
+# The same build without Docker, on a Debian/Ubuntu host (what scripts/build-static runs):
+#   apt-get install musl-tools && rustup target add x86_64-unknown-linux-musl
+#   CC_x86_64_unknown_linux_musl=musl-gcc cargo build --profile dist --locked \
+#       --target x86_64-unknown-linux-musl -p ferrolb-controller -p ferrolb-speaker
 #
 # The image runs as the distroless `nonroot` user (65532) by default, which is what the
 # controller needs. The Helm chart runs the speaker as root with every capability dropped except
@@ -10,23 +17,30 @@
 # non-root process (no ambient capabilities), nor do these binaries carry file capabilities.
 
 # ---- build ----------------------------------------------------------------------------------
-# The workspace's rust-version is 1.89; any newer stable works.
+# The workspace's rust-version is 1.89; any newer stable works. The builder runs on the target
+# platform (buildx emulates it for a foreign one), so the musl target is the machine's own.
 FROM rust:1.89-bookworm AS build
+# musl-gcc compiles ring's C and assembly for the musl target.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/* \
+ && rustup target add "$(uname -m)-unknown-linux-musl"
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target dir between builds; the binaries are copied out of
-# the cached target dir in the same step.
+# the cached target dir in the same step. `dist` = release with whole-program optimisation.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    target="$(uname -m)-unknown-linux-musl" \
+ && export "CC_$(echo "$target" | tr - _)=musl-gcc" \
+ && cargo build --profile dist --locked --target "$target" \
         -p ferrolb-controller -p ferrolb-speaker \
         --bin ferrolb-controller --bin ferrolb-speaker \
  && mkdir -p /out \
- && cp target/release/ferrolb-controller target/release/ferrolb-speaker /out/
+ && cp "target/$target/dist/ferrolb-controller" "target/$target/dist/ferrolb-speaker" /out/
 
 # ---- runtime --------------------------------------------------------------------------------
-# cc-debian12 = glibc + libgcc of Debian 12, the same as the bookworm builder links against.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot
 LABEL org.opencontainers.image.title="FerroLB" \
       org.opencontainers.image.description="Bare-metal load balancer for Kubernetes, a drop-in replacement for MetalLB" \
       org.opencontainers.image.licenses="Apache-2.0" \

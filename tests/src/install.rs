@@ -17,8 +17,8 @@ use crate::error::{LabError, Result};
 use crate::lab::{Host, Lab};
 use crate::process::Background;
 
-/// Environment variable naming the directory holding the FerroLB binaries, when they are not
-/// beside the running executable.
+/// Environment variable naming the directory holding the FerroLB binaries to drive instead of
+/// those beside the running executable (only it is searched when set).
 pub const BIN_DIR_ENV: &str = "FERROLB_BIN_DIR";
 
 /// Which node (namespace) runs the controller: it only reads and writes the state directory, so
@@ -32,9 +32,9 @@ pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(15);
 pub fn binary(name: &str) -> Result<PathBuf> {
     let mut tried = Vec::new();
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+        // Set on purpose (the static binaries, say): never fall back to others.
         tried.push(PathBuf::from(dir).join(name));
-    }
-    if let Ok(exe) = std::env::current_exe()
+    } else if let Ok(exe) = std::env::current_exe()
         && let Some(dir) = exe.parent()
     {
         tried.push(dir.join(name));
