@@ -1,6 +1,7 @@
-//! The layer-2 announcer: one responder thread per interface answering ARP and NDP for the IPs
-//! this node owns, and one control thread that probes new IPs, sends gratuitous announcements
-//! and reports conflicts. Callers only say which IPs are owned and which links exist.
+//! The layer-2 announcer: responder threads (per interface, one per CPU, see
+//! [`socket::open_per_cpu`]) answering ARP and NDP for the IPs this node owns, and one control
+//! thread that probes new IPs, sends gratuitous announcements and reports conflicts. Callers
+//! only say which IPs are owned and which links exist.
 //!
 //! The responders read the owned set from an `ArcSwap` snapshot, so the per-frame path takes
 //! no lock; everything else goes through the control thread's channel. A responder blocks in
@@ -269,7 +270,7 @@ struct Snapshot {
     counters: BTreeMap<IpAddr, Arc<IpCounters>>,
 }
 
-/// One interface's responder thread and the control thread's handles on it.
+/// One interface's responder threads (one per CPU) and the control thread's handles on them.
 struct Responder {
     link: Link,
     mac: MacAddr,
@@ -277,16 +278,18 @@ struct Responder {
     control: SocketControl,
     groups: BTreeSet<MacAddr>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Responder {
-    /// Stops answering at once, then lets the thread end within one read timeout.
-    fn close(mut self, wait: bool) {
+    /// Stops answering at once, then lets the threads end within one read timeout.
+    fn close(self, wait: bool) {
         self.snapshot.store(Arc::new(Snapshot::default()));
         self.stop.store(true, Ordering::Relaxed);
-        if let (true, Some(thread)) = (wait, self.thread.take()) {
-            let _ = thread.join();
+        if wait {
+            for thread in self.threads {
+                let _ = thread.join();
+            }
         }
     }
 
@@ -558,35 +561,48 @@ impl Control {
     }
 
     fn open(&self, link: &Link) -> Result<Responder, socket::SocketError> {
-        let channel = socket::open(link)?;
+        let channels = socket::open_per_cpu(link, socket::online_cpus())?;
+        if let Some(why) = &channels.fallback {
+            debug!(iface = %link.name, error = %why, "one responder socket for every CPU");
+        }
+        let pinned = channels.sockets.len() > 1;
         let mac = link.mac.unwrap_or_default();
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Worker {
-            iface: link.name.clone(),
-            mac,
-            snapshot: Arc::clone(&snapshot),
-            stop: Arc::clone(&stop),
-            msgs: self.msgs.clone(),
-            counters: self.registry.iface(&link.name),
-        };
-        let socket = channel.socket;
-        let thread = thread::Builder::new()
-            .name(format!("ferrolb-rx-{}", link.name))
-            .spawn(move || worker.run(&socket))
-            .map_err(|source| socket::SocketError {
+        let mut threads = Vec::with_capacity(channels.sockets.len());
+        for (cpu, socket) in channels.sockets.into_iter().enumerate() {
+            let worker = Worker {
                 iface: link.name.clone(),
-                step: "starting the responder thread",
-                source,
-            })?;
+                cpu: pinned.then_some(cpu),
+                mac,
+                snapshot: Arc::clone(&snapshot),
+                stop: Arc::clone(&stop),
+                msgs: self.msgs.clone(),
+                counters: self.registry.iface(&link.name),
+            };
+            let spawned = thread::Builder::new()
+                .name(format!("ferrolb-rx-{}", link.name))
+                .spawn(move || worker.run(&socket));
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(source) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(socket::SocketError {
+                        iface: link.name.clone(),
+                        step: "starting a responder thread",
+                        source,
+                    });
+                }
+            }
+        }
         Ok(Responder {
             link: link.clone(),
             mac,
             snapshot,
-            control: channel.control,
+            control: channels.control,
             groups: BTreeSet::new(),
             stop,
-            thread: Some(thread),
+            threads,
         })
     }
 
@@ -785,9 +801,11 @@ fn send(responder: &Responder, frame: &[u8], ip: IpAddr, what: &str) -> bool {
     }
 }
 
-/// The responder loop of one interface, on its own thread.
+/// One responder loop of an interface, on its own thread.
 struct Worker {
     iface: String,
+    /// The CPU whose frames its socket receives, to run on.
+    cpu: Option<usize>,
     mac: MacAddr,
     snapshot: Arc<ArcSwap<Snapshot>>,
     stop: Arc<AtomicBool>,
@@ -804,6 +822,11 @@ impl Worker {
         if let Err(error) = socket::raise_thread_priority() {
             debug!(iface = %self.iface, %error, nice = socket::RESPONDER_NICE,
                 "responder keeps the default priority (raising it needs CAP_SYS_NICE)");
+        }
+        if let Some(cpu) = self.cpu
+            && let Err(error) = socket::pin_thread_to_cpu(cpu)
+        {
+            debug!(iface = %self.iface, cpu, %error, "responder not pinned (CPU outside the allowed set)");
         }
         while !self.stop.load(Ordering::Relaxed) {
             let frame = match socket.recv(&mut buf) {

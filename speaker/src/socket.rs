@@ -5,6 +5,8 @@
 //! The responder then reads and answers on its own descriptor of the socket with one blocking
 //! `recv` and one `send` per request: pnet's receiver and sender each `poll` before every call,
 //! which doubles the system calls on the path whose latency is measured against the kernel's.
+//! Each interface gets one such socket per CPU, in a fanout group that gives a frame to the
+//! socket of the CPU that received it ([`open_per_cpu`]).
 //!
 //! The workspace denies unsafe code; this module is the one place allowed the handful of libc
 //! calls pnet and std do not offer (socket options, the responder thread's priority), each with
@@ -28,6 +30,13 @@ const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
 const PACKET_DROP_MEMBERSHIP: libc::c_int = 2;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const PACKET_MR_MULTICAST: libc::c_ushort = 0;
+const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_FANOUT_CPU: u32 = 2;
+const PACKET_FANOUT_FLAG_ROLLOVER: u32 = 0x1000;
+const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+
+/// The most responder sockets (and threads) one interface gets; beyond, CPUs share them.
+pub const MAX_PER_CPU: usize = 64;
 
 /// How long a responder's read blocks before it looks at its stop flag.
 pub const READ_TIMEOUT: Duration = Duration::from_millis(100);
@@ -58,6 +67,33 @@ pub fn raise_thread_priority() -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Pins the calling thread to `cpu` (best effort: fails when the CPU is not in the process's
+/// allowed set, e.g. a container's cpuset, and the thread then runs anywhere).
+pub fn pin_thread_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data for which all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: `cpu` is below CPU_SETSIZE, so CPU_SET writes inside `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a live cpu_set_t and the size passed is its own; pid 0 = this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The CPUs online, which a receive softirq may run on (the responder sockets of an interface,
+/// one per CPU, are capped at [`MAX_PER_CPU`]).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).clamp(1, MAX_PER_CPU)
 }
 
 /// Why a packet socket could not be set up or used; names the interface and the step.
@@ -162,6 +198,27 @@ impl PacketSocket {
     /// the send buffer (a full one is an error, counted by the caller).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         send(&self.fd, frame)
+    }
+
+    /// Discards the frames queued so far (those it received on its own before joining its
+    /// fanout group; the group's other member got them too).
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: the pointer and length describe `buf`, exclusively borrowed for the call;
+            // the fd is owned and open.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                return;
+            }
+        }
     }
 }
 
@@ -397,6 +454,92 @@ pub fn open(link: &Link) -> Result<PacketChannel, SocketError> {
     // blocks in `recv` instead, bounded by SO_RCVTIMEO; the control handle sends MSG_DONTWAIT.
     clear_nonblocking(&socket.fd).map_err(|e| err("making the socket blocking", e))?;
     Ok(PacketChannel { socket, control })
+}
+
+/// The responder sockets of one interface, one per CPU in a `PACKET_FANOUT_CPU` group: the
+/// kernel hands each request to the socket of the CPU whose softirq received it, so a responder
+/// pinned to that CPU is woken where it already runs, never across to an idle CPU (in a VM, a
+/// wake-up from the hypervisor's halt of tens of microseconds). A full socket rolls over to
+/// another. `control` belongs to the first socket; one membership serves the whole group.
+#[derive(Debug)]
+pub struct PerCpuChannels {
+    /// Socket `i` takes the frames received on CPU `i` (modulo their number).
+    pub sockets: Vec<PacketSocket>,
+    pub control: SocketControl,
+    /// Why there is only one socket, when fanout could not be set up.
+    pub fallback: Option<SocketError>,
+}
+
+/// Opens `cpus` responder sockets of `link` in one fanout group (see [`PerCpuChannels`]). If
+/// the kernel refuses fanout, one socket serves every CPU, as [`open`] alone would, and
+/// `fallback` says why.
+pub fn open_per_cpu(link: &Link, cpus: usize) -> Result<PerCpuChannels, SocketError> {
+    let first = open(link)?;
+    let mut channels = PerCpuChannels {
+        sockets: vec![first.socket],
+        control: first.control,
+        fallback: None,
+    };
+    if cpus <= 1 {
+        return Ok(channels);
+    }
+    let err = |step: &'static str, source: io::Error| SocketError {
+        iface: link.name.clone(),
+        step,
+        source,
+    };
+    let mode = PACKET_FANOUT_CPU | PACKET_FANOUT_FLAG_ROLLOVER;
+    // The kernel picks a group id unused in this network namespace, for the first member only.
+    let group = set_option(
+        &channels.control.fd,
+        SOL_PACKET,
+        PACKET_FANOUT,
+        &((mode | PACKET_FANOUT_FLAG_UNIQUEID) << 16),
+    )
+    .and_then(|()| fanout_id(&channels.control.fd));
+    let id = match group {
+        Ok(id) => id,
+        Err(e) => {
+            channels.fallback = Some(err("joining a PACKET_FANOUT_CPU group", e));
+            return Ok(channels);
+        }
+    };
+    for _ in 1..cpus {
+        let member = open(link)?;
+        set_option(
+            &member.control.fd,
+            SOL_PACKET,
+            PACKET_FANOUT,
+            &(id | (mode << 16)),
+        )
+        .map_err(|e| err("adding a socket to the PACKET_FANOUT_CPU group", e))?;
+        channels.sockets.push(member.socket);
+    }
+    // Nothing is answered yet (no thread reads); what each queued alone would be answered twice.
+    channels.sockets.iter().for_each(PacketSocket::drain);
+    Ok(channels)
+}
+
+/// The id of the fanout group `fd` belongs to.
+fn fanout_id(fd: &OwnedFd) -> io::Result<u32> {
+    let mut value: u32 = 0;
+    let mut len = socklen::<u32>();
+    // SAFETY: `value` and `len` are live for the call and `len` is `value`'s size; the kernel
+    // writes at most that many bytes. The fd is owned and open.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            SOL_PACKET,
+            PACKET_FANOUT,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value & 0xffff)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn clear_nonblocking(fd: &OwnedFd) -> io::Result<()> {

@@ -90,6 +90,9 @@ struct Collected {
     origins: BTreeMap<(String, Key), String>,
 }
 
+/// A file of the directory: its relative path and its text.
+type File = (String, String);
+
 impl Snapshot {
     /// Builds a snapshot from `(relative path, text)` pairs; paths decide whether a file holds
     /// user manifests or controller-written status. Owned texts are taken as they are and each
@@ -100,7 +103,7 @@ impl Snapshot {
         P: Into<String>,
         T: Into<String>,
     {
-        let (mut statuses, mut manifests): (Vec<(String, String)>, Vec<(String, String)>) = files
+        let (mut statuses, mut manifests): (Vec<File>, Vec<File>) = files
             .into_iter()
             .map(|(p, t)| (p.into(), t.into()))
             .filter(|(p, _)| is_manifest_path(p))
