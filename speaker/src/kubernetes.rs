@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferrolb_daemon::mirror::{Mirror, Seen, watch_events};
 use ferrolb_daemon::shutdown::Shutdown;
@@ -21,7 +20,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::node::{Cluster, Report, announced};
+use crate::node::{Cluster, Report, STALE_RECORD_AFTER, announced};
 
 // Boxing would cost an allocation per event for nothing: events are moved once.
 #[allow(clippy::large_enum_variant)]
@@ -171,10 +170,6 @@ pub fn status_name(node: &str, namespace: &str, service: &str) -> String {
     name.trim_end_matches(['-', '.']).to_owned()
 }
 
-/// How long after start a ServiceL2Status of this node that was not announced again counts as
-/// stale (left by a previous run) and is removed.
-const STALE_AFTER: Duration = Duration::from_secs(5);
-
 /// Carries out the node's reports until the channel closes.
 pub async fn record(
     client: Client,
@@ -198,7 +193,7 @@ pub async fn record(
             BTreeSet::new()
         }
     };
-    let sweep = tokio::time::sleep(STALE_AFTER);
+    let sweep = tokio::time::sleep(STALE_RECORD_AFTER);
     tokio::pin!(sweep);
     let mut swept = false;
     loop {

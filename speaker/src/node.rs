@@ -143,6 +143,10 @@ pub fn changes(previous: &Share, next: &Share) -> Vec<Report> {
     reports
 }
 
+/// How long after start an announcement record of this node that was not announced again
+/// counts as stale (left by a previous run, e.g. a crash) and is removed, by either backend.
+pub const STALE_RECORD_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The inputs the loop follows.
 #[derive(Debug)]
 pub struct Feeds {

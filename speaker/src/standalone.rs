@@ -2,6 +2,7 @@
 //! It turns the directory into a [`Cluster`] on every change (inotify), records what this node
 //! announces as ServiceL2Status files under `status/l2/<node>/`, and logs events.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ferrolb_daemon::shutdown::Shutdown;
@@ -13,7 +14,7 @@ use kube::ResourceExt;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::node::{Cluster, Report, announced};
+use crate::node::{Cluster, Report, STALE_RECORD_AFTER, announced};
 
 /// The cluster a snapshot describes.
 pub fn cluster(snapshot: Snapshot) -> Cluster {
@@ -69,9 +70,37 @@ fn read(dir: &StateDir) -> Result<Arc<Cluster>, StateDirError> {
     Ok(Arc::new(cluster(snapshot)))
 }
 
-/// Carries out the node's reports until the channel closes.
+/// Carries out the node's reports until the channel closes. Records of this node that a
+/// previous run left and that are not announced again within [`STALE_RECORD_AFTER`] are
+/// removed.
 pub async fn record(dir: StateDir, node: String, mut reports: mpsc::UnboundedReceiver<Report>) {
-    while let Some(report) = reports.recv().await {
+    let mut stale: BTreeSet<String> = match dir.files_under(&l2_status_dir(&node)) {
+        Ok(files) => files.into_iter().collect(),
+        Err(err) => {
+            tracing::warn!("cannot list this node's announcement records: {err}");
+            BTreeSet::new()
+        }
+    };
+    let sweep = tokio::time::sleep(STALE_RECORD_AFTER);
+    tokio::pin!(sweep);
+    let mut swept = false;
+    loop {
+        let report = tokio::select! {
+            report = reports.recv() => match report {
+                Some(report) => report,
+                None => return,
+            },
+            _ = &mut sweep, if !swept => {
+                swept = true;
+                for path in std::mem::take(&mut stale) {
+                    tracing::info!(%path, "removing a stale announcement record of a previous run");
+                    if let Err(err) = dir.remove(&path) {
+                        tracing::warn!("cannot remove {path}: {err}");
+                    }
+                }
+                continue;
+            }
+        };
         let result = match report {
             Report::Announcing {
                 service,
@@ -79,6 +108,7 @@ pub async fn record(dir: StateDir, node: String, mut reports: mpsc::UnboundedRec
                 ..
             } => {
                 let (namespace, name) = split(&service);
+                stale.remove(&l2_status_path(&node, namespace, name));
                 let object = json!({
                     "apiVersion": "metallb.io/v1beta1",
                     "kind": "ServiceL2Status",
@@ -160,4 +190,48 @@ pub fn node_address(node: &k8s_openapi::api::core::v1::Node) -> Option<std::net:
             .find_map(|a| a.address.parse().ok())
     };
     parsed(Some("InternalIP")).or_else(|| parsed(None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn records_a_previous_run_left_are_removed_unless_announced_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        let gone = l2_status_path("n1", "demo", "gone");
+        let again = l2_status_path("n1", "demo", "web");
+        let other_node = l2_status_path("n2", "demo", "gone");
+        for path in [&gone, &again, &other_node] {
+            dir.write_atomic(path, "kind: ServiceL2Status\n").unwrap();
+        }
+        let exists = |path: &str| tmp.path().join(path).exists();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record(dir.clone(), "n1".to_owned(), rx));
+        tx.send(Report::Announcing {
+            service: "demo/web".to_owned(),
+            ips: vec![],
+            interfaces: vec!["eth0".to_owned()],
+        })
+        .unwrap();
+        tokio::time::sleep(STALE_RECORD_AFTER / 2).await;
+        assert!(exists(&gone), "kept during the grace period");
+
+        tokio::time::sleep(STALE_RECORD_AFTER).await;
+        for _ in 0..100 {
+            if !exists(&gone) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(!exists(&gone), "{gone} swept");
+        assert!(exists(&again), "{again} announced again");
+        assert!(
+            exists(&other_node),
+            "another node's record is not ours to remove"
+        );
+        drop(tx);
+        recorder.await.unwrap();
+    }
 }
