@@ -35,6 +35,9 @@ pub struct Takeover {
     pub elapsed: Duration,
     /// The MAC that answers now.
     pub mac: MacAddr,
+    /// Replies from any other MAC than the old owner's captured before the failure: two
+    /// owners at once, which makes `elapsed` meaningless.
+    pub others_before: usize,
 }
 
 impl Journey {
@@ -259,9 +262,14 @@ impl Journey {
             .into_iter()
             .find(|(ts, mac)| *ts >= failed_at && *mac != old)
             .ok_or_else(|| LabError::Spec("the awaited reply vanished".to_owned()))?;
+        let others_before = replies(&frames, ip)
+            .iter()
+            .filter(|(ts, m)| *ts < failed_at && *m != old)
+            .count();
         Ok(Takeover {
             elapsed: ts.duration_since(failed_at).unwrap_or_default(),
             mac,
+            others_before,
         })
     }
 }

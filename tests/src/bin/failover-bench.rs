@@ -144,9 +144,6 @@ fn main() {
     let mut rows: Vec<(System, Kind, Outcome)> = Vec::new();
     for system in &o.systems {
         for kind in &o.kinds {
-            if o.members > 3 && *kind != Kind::Crash {
-                continue;
-            }
             eprintln!(
                 "== {} / {}: {} trials",
                 system.name(),
@@ -217,6 +214,9 @@ fn err(e: impl std::fmt::Display) -> String {
 // ---------------------------------------------------------------- FerroLB
 
 /// Extra members beyond the lab's 3 nodes: bare namespaces on the bridge, each with a speaker.
+/// How long a membership may take to count every member alive (start-up, a member's return).
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn extra_name(k: usize) -> String {
     format!("m{k}")
 }
@@ -274,8 +274,7 @@ impl FerroStage {
             .install
             .wait_membership(Duration::from_secs(30))
             .map_err(err)?;
-        // Let the extras meet everyone too.
-        thread::sleep(Duration::from_secs(if members > 3 { 5 } else { 1 }));
+        stage.wait_converged(members)?;
         stage.journey.install.start_controller().map_err(err)?;
         stage
             .journey
@@ -293,6 +292,56 @@ impl FerroStage {
             IpAddr::V6(_) => return Err("expected IPv4".into()),
         };
         Ok(stage)
+    }
+
+    /// Waits until every member counts `members` alive members (its `/metrics`): a trial on a
+    /// membership still converging would measure the start-up, not a failover.
+    fn wait_converged(&self, members: usize) -> Result<(), String> {
+        let hosts: Vec<&Host> = self
+            .journey
+            .lab
+            .nodes()
+            .iter()
+            .chain(self.extras.iter().map(|(host, _)| host))
+            .collect();
+        let wanted = format!("ferrolb_membership_members{{state=\"alive\"}} {members}");
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            let mut behind = Vec::new();
+            for host in &hosts {
+                let out = host
+                    .ns()
+                    .exec(["curl", "-s", "-m", "1", "http://127.0.0.1:7473/metrics"])
+                    .map_err(err)?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                if !text.lines().any(|l| l == wanted) {
+                    let alive = text
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("ferrolb_membership_members{state=\"alive\"} ")
+                        })
+                        .unwrap_or("no answer");
+                    behind.push(format!("{}: {alive}", host.name()));
+                }
+            }
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = self
+                    .journey
+                    .install
+                    .speaker("n1")
+                    .and_then(|p| p.log().ok())
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                return Err(format!(
+                    "the membership did not converge to {members} alive within {CONVERGE_TIMEOUT:?}; behind: {behind:?}; n1's log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn start_extra(&mut self, i: usize) -> Result<(), String> {
@@ -376,8 +425,12 @@ fn ferrolb(kind: Kind, trials: usize, members: usize) -> Outcome {
             })
             .map_err(err)?;
         eprintln!(
-            "   trial {trial}: owner {owner:?}, {} ms",
-            takeover.elapsed.as_millis()
+            "   trial {trial}: owner {owner:?}, {} ms{}",
+            takeover.elapsed.as_millis(),
+            match takeover.others_before {
+                0 => String::new(),
+                n => format!(" ({n} replies from other MACs before the failure)"),
+            }
         );
         times.push(takeover.elapsed);
         // Restore.
@@ -398,8 +451,9 @@ fn ferrolb(kind: Kind, trials: usize, members: usize) -> Outcome {
                 stage.start_extra(i)?;
             }
         }
-        // Rejoin (a cut node's kernel retries ARP after 1 s), take the IP back, settle.
-        thread::sleep(Duration::from_secs(3));
+        // Rejoin, take the IP back (a cut node's kernel retries ARP after 1 s), settle.
+        stage.wait_converged(members)?;
+        thread::sleep(Duration::from_secs(2));
     }
     Ok(times)
 }

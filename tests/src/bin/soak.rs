@@ -1,5 +1,6 @@
 //! Membership soak (not run in CI): FerroLB at default settings in the lab, 1% random loss on
-//! every host's link (tc netem on each eth0, so every datagram crosses exactly one lossy hop),
+//! every host's link (tc netem on each eth0, or an nftables random drop where the kernel has no
+//! netem; every datagram crosses exactly one lossy hop),
 //! and one speaker paused (SIGSTOP) for 100 ms every 10 s, in turn. Counts members declared
 //! dead (must be 0: a 100 ms pause is below what the defaults tolerate) and ownership changes
 //! of the Service IP per pause (must be at most 1).
@@ -23,6 +24,31 @@ fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// 1% random loss on everything `host` receives on eth0: tc netem where the kernel has it,
+/// else an nftables rule dropping a random 1% (kernels built without sch_netem, such as some
+/// microVM kernels). Either way every datagram crosses exactly one lossy hop.
+fn add_loss(host: &ferrolb_e2e::Host) -> Result<(), Box<dyn std::error::Error>> {
+    let netem = host.ns().exec([
+        "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "1%",
+    ])?;
+    if netem.status.success() {
+        return Ok(());
+    }
+    let rules = "table inet soak {\n  chain loss {\n    type filter hook ingress device \"eth0\" priority 0;\n    numgen random mod 100 < 1 drop\n  }\n}\n";
+    let path = std::env::temp_dir().join(format!("soak-loss-{}.nft", host.name()));
+    std::fs::write(&path, rules)?;
+    let out = host.ns().exec(["nft", "-f", &path.to_string_lossy()])?;
+    if !out.status.success() {
+        return Err(format!(
+            "neither tc netem nor nftables can drop 1% on {}: {}",
+            host.name(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -51,9 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|n| n.name().to_owned())
         .collect();
     for node in journey.lab.nodes() {
-        node.ns().exec([
-            "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "loss", "1%",
-        ])?;
+        add_loss(node)?;
     }
     journey.arp_owner("eth0", ip, Duration::from_secs(10))?;
     let start = Instant::now();
