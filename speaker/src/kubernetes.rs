@@ -3,7 +3,6 @@
 //! this node's announcements as ServiceL2Status objects and Events (nodeAssigned,
 //! announceFailed, IPConflict).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ferrolb_daemon::mirror::{Mirror, Seen, watch_events};
@@ -20,7 +19,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::node::{Cluster, Report, STALE_RECORD_AFTER, announced};
+use crate::node::{Cluster, Leftovers, Report, announced};
 
 // Boxing would cost an allocation per event for nothing: events are moved once.
 #[allow(clippy::large_enum_variant)]
@@ -186,25 +185,21 @@ pub async fn record(
         },
     );
     let mine = ListParams::default().labels(&format!("{NODE_LABEL}={node}"));
-    let mut stale: BTreeSet<String> = match statuses.list(&mine).await {
+    let mut leftovers = Leftovers::new(match statuses.list(&mine).await {
         Ok(list) => list.items.iter().map(|s| s.name_any()).collect(),
         Err(err) => {
             tracing::warn!("cannot list this node's ServiceL2Statuses: {err}");
-            BTreeSet::new()
+            Vec::new()
         }
-    };
-    let sweep = tokio::time::sleep(STALE_RECORD_AFTER);
-    tokio::pin!(sweep);
-    let mut swept = false;
+    });
     loop {
         let report = tokio::select! {
             report = reports.recv() => match report {
                 Some(report) => report,
                 None => return,
             },
-            _ = &mut sweep, if !swept => {
-                swept = true;
-                for name in std::mem::take(&mut stale) {
+            stale = leftovers.due() => {
+                for name in stale {
                     delete(&statuses, &name).await;
                 }
                 continue;
@@ -218,7 +213,7 @@ pub async fn record(
             } => {
                 let (ns, name) = split(&service);
                 let object_name = status_name(&node, ns, name);
-                stale.remove(&object_name);
+                leftovers.keep(&object_name);
                 if let Err(err) =
                     announce(&statuses, &object_name, &node, ns, name, &interfaces).await
                 {

@@ -147,6 +147,40 @@ pub fn changes(previous: &Share, next: &Share) -> Vec<Report> {
 /// counts as stale (left by a previous run, e.g. a crash) and is removed, by either backend.
 pub const STALE_RECORD_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The announcement records a previous run of this node left: those not announced again within
+/// [`STALE_RECORD_AFTER`] of start are handed out once, for the backend to remove.
+#[derive(Debug)]
+pub struct Leftovers<K> {
+    stale: BTreeSet<K>,
+    due: Option<tokio::time::Instant>,
+}
+
+impl<K: Ord> Leftovers<K> {
+    pub fn new(stale: impl IntoIterator<Item = K>) -> Self {
+        Leftovers {
+            stale: stale.into_iter().collect(),
+            due: Some(tokio::time::Instant::now() + STALE_RECORD_AFTER),
+        }
+    }
+
+    /// Announced again: not stale after all.
+    pub fn keep(&mut self, record: &K) {
+        self.stale.remove(record);
+    }
+
+    /// Resolves once, at the deadline, with the records still stale; never again after.
+    pub async fn due(&mut self) -> BTreeSet<K> {
+        match self.due {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                self.due = None;
+                std::mem::take(&mut self.stale)
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// The inputs the loop follows.
 #[derive(Debug)]
 pub struct Feeds {

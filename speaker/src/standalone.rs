@@ -2,7 +2,6 @@
 //! It turns the directory into a [`Cluster`] on every change (inotify), records what this node
 //! announces as ServiceL2Status files under `status/l2/<node>/`, and logs events.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ferrolb_daemon::shutdown::Shutdown;
@@ -14,7 +13,7 @@ use kube::ResourceExt;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::node::{Cluster, Report, STALE_RECORD_AFTER, announced};
+use crate::node::{Cluster, Leftovers, Report, announced};
 
 /// The cluster a snapshot describes.
 pub fn cluster(snapshot: Snapshot) -> Cluster {
@@ -74,25 +73,21 @@ fn read(dir: &StateDir) -> Result<Arc<Cluster>, StateDirError> {
 /// previous run left and that are not announced again within [`STALE_RECORD_AFTER`] are
 /// removed.
 pub async fn record(dir: StateDir, node: String, mut reports: mpsc::UnboundedReceiver<Report>) {
-    let mut stale: BTreeSet<String> = match dir.files_under(&l2_status_dir(&node)) {
-        Ok(files) => files.into_iter().collect(),
+    let mut leftovers = Leftovers::new(match dir.files_under(&l2_status_dir(&node)) {
+        Ok(files) => files,
         Err(err) => {
             tracing::warn!("cannot list this node's announcement records: {err}");
-            BTreeSet::new()
+            Vec::new()
         }
-    };
-    let sweep = tokio::time::sleep(STALE_RECORD_AFTER);
-    tokio::pin!(sweep);
-    let mut swept = false;
+    });
     loop {
         let report = tokio::select! {
             report = reports.recv() => match report {
                 Some(report) => report,
                 None => return,
             },
-            _ = &mut sweep, if !swept => {
-                swept = true;
-                for path in std::mem::take(&mut stale) {
+            stale = leftovers.due() => {
+                for path in stale {
                     tracing::info!(%path, "removing a stale announcement record of a previous run");
                     if let Err(err) = dir.remove(&path) {
                         tracing::warn!("cannot remove {path}: {err}");
@@ -108,7 +103,7 @@ pub async fn record(dir: StateDir, node: String, mut reports: mpsc::UnboundedRec
                 ..
             } => {
                 let (namespace, name) = split(&service);
-                stale.remove(&l2_status_path(&node, namespace, name));
+                leftovers.keep(&l2_status_path(&node, namespace, name));
                 let object = json!({
                     "apiVersion": "metallb.io/v1beta1",
                     "kind": "ServiceL2Status",
@@ -195,6 +190,7 @@ pub fn node_address(node: &k8s_openapi::api::core::v1::Node) -> Option<std::net:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::STALE_RECORD_AFTER;
 
     #[tokio::test(start_paused = true)]
     async fn records_a_previous_run_left_are_removed_unless_announced_again() {
