@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use ferrolb_e2e::tools::{arping, arping_until, ndisc6, ndisc6_until};
+use ferrolb_e2e::tools::{arping, arping_every_10ms, arping_until, ndisc6, ndisc6_until};
 use ferrolb_e2e::{Background, CapturedFrame, Host, Lab, lab_or_skip};
 use ferrolb_proto::wire::{self, ArpOperation, ArpRepr, Frame, MacAddr, NdiscRepr};
 use ferrolb_speaker::local_vips::ALIAS;
@@ -340,19 +340,7 @@ fn sigterm_stops_answers_within_a_second() {
 
     let capture = client.ns().capture("eth0", "arp").unwrap();
     // Continuous broadcast requests every 10 ms while the speaker stops.
-    let _prober = client
-        .ns()
-        .spawn([
-            "arping",
-            "-i",
-            "eth0",
-            "-W",
-            "0.01",
-            "-w",
-            "20",
-            &VIP.to_string(),
-        ])
-        .unwrap();
+    let _prober = arping_every_10ms(client.ns(), "eth0", VIP, Duration::from_secs(20)).unwrap();
     capture
         .wait_for("answers before the stop", Duration::from_secs(5), |f| {
             replies_for(f, VIP).len() >= 5

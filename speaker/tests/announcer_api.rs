@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use ferrolb_e2e::tools::arping_until;
+use ferrolb_e2e::tools::{arping_every_10ms, arping_until};
 use ferrolb_e2e::{CapturedFrame, Lab, lab_or_skip};
 use ferrolb_proto::wire::{self, ArpOperation, Frame, MacAddr};
 use ferrolb_speaker::interfaces::{self, Link};
@@ -96,19 +96,7 @@ fn set_owned_moves_the_answers_at_once() {
     .unwrap();
 
     let capture = client.ns().capture("eth0", "arp").unwrap();
-    let _prober = client
-        .ns()
-        .spawn([
-            "arping",
-            "-i",
-            "eth0",
-            "-W",
-            "0.01",
-            "-w",
-            "20",
-            &VIP.to_string(),
-        ])
-        .unwrap();
+    let _prober = arping_every_10ms(client.ns(), "eth0", VIP, Duration::from_secs(20)).unwrap();
     capture
         .wait_for("answers from node 1", Duration::from_secs(5), |f| {
             replies(f).len() >= 5

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ferrolb_e2e::install::manifests;
 use ferrolb_e2e::journey::replies;
+use ferrolb_e2e::tools::arping_every_10ms;
 use ferrolb_e2e::{CapturedFrame, Journey, Lab, MacAddr, lab_or_skip};
 use ferrolb_proto::wire::{self, Frame};
 
@@ -174,18 +175,7 @@ fn a_returning_link_does_not_make_two_owners() {
 
     let client = journey.client().ns().clone();
     let capture = client.capture("eth0", "arp").unwrap();
-    let prober = client
-        .spawn([
-            "arping",
-            "-i",
-            "eth0",
-            "-W",
-            "0.01",
-            "-w",
-            "4",
-            &ip.to_string(),
-        ])
-        .unwrap();
+    let prober = arping_every_10ms(&client, "eth0", ip, Duration::from_secs(4)).unwrap();
     thread::sleep(Duration::from_millis(300));
     let back = SystemTime::now();
     set_port(&journey, node, true);
@@ -288,18 +278,7 @@ fn a_healed_partition_leaves_one_owner_that_announces() {
 
     let client = journey.client().ns().clone();
     let capture = client.capture("eth0", "arp").unwrap();
-    let prober = client
-        .spawn([
-            "arping",
-            "-i",
-            "eth0",
-            "-W",
-            "0.01",
-            "-w",
-            "4",
-            &ip.to_string(),
-        ])
-        .unwrap();
+    let prober = arping_every_10ms(&client, "eth0", ip, Duration::from_secs(4)).unwrap();
     thread::sleep(Duration::from_millis(300));
     let healed = SystemTime::now();
     journey

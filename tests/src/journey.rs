@@ -227,16 +227,8 @@ impl Journey {
     ) -> Result<Takeover> {
         let client = self.lab.client().ns().clone();
         let capture = client.capture(iface, "arp")?;
-        let prober = client.spawn([
-            "arping",
-            "-i",
-            iface,
-            "-W",
-            "0.01",
-            "-w",
-            &format!("{}", timeout.as_secs() + 5),
-            &ip.to_string(),
-        ])?;
+        let prober =
+            tools::arping_every_10ms(&client, iface, ip, timeout + Duration::from_secs(5))?;
         // Let a few answers from the old owner through first: the measurement then starts
         // from a client that demonstrably had an answer.
         capture.wait_for("an ARP reply before the failure", timeout, |frames| {

@@ -9,6 +9,7 @@ use ferrolb_proto::wire::MacAddr;
 
 use crate::error::{LabError, Result};
 use crate::netns::Namespace;
+use crate::process::Background;
 
 /// The MAC of every ARP reply arping printed, in order, duplicates kept: `42 bytes from
 /// 02:00:0a:fa:00:01 (10.250.0.100): index=0 time=85.2 usec`.
@@ -51,6 +52,27 @@ pub fn arping(
         &target.to_string(),
     ])?;
     Ok(parse_arping(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Starts arping `target` from `iface` every 10 ms for `duration`, in the background: the
+/// client of a takeover measurement, whose replies a capture then times. Stopped when the
+/// returned process is dropped or killed.
+pub fn arping_every_10ms(
+    ns: &Namespace,
+    iface: &str,
+    target: Ipv4Addr,
+    duration: Duration,
+) -> Result<Background> {
+    ns.spawn([
+        "arping",
+        "-i",
+        iface,
+        "-W",
+        "0.01",
+        "-w",
+        &duration.as_secs().max(1).to_string(),
+        &target.to_string(),
+    ])
 }
 
 /// Repeats single arpings for `target` until the answering MACs satisfy `done`, or fails after

@@ -566,18 +566,13 @@ fn keepalived(kind: Kind, trials: usize, v3: bool) -> Outcome {
     for trial in 0..trials {
         thread::sleep(Duration::from_millis(200) + random_below(advert));
         let capture = client.capture("eth0", "arp").map_err(err)?;
-        let prober = client
-            .spawn([
-                "arping",
-                "-i",
-                "eth0",
-                "-W",
-                "0.01",
-                "-w",
-                "12",
-                &KEEPALIVED_VIP.to_string(),
-            ])
-            .map_err(err)?;
+        let prober = ferrolb_e2e::tools::arping_every_10ms(
+            &client,
+            "eth0",
+            KEEPALIVED_VIP,
+            Duration::from_secs(12),
+        )
+        .map_err(err)?;
         capture
             .wait_for("a reply from the master", TIMEOUT, |f| {
                 replies(f, KEEPALIVED_VIP)
