@@ -620,16 +620,7 @@ impl<'a> LanBench<'a> {
     fn start(lab: &'a Lab, binary: &Path) -> Result<LanBench<'a>> {
         let (client, n1) = (lab.client(), node(lab, 1)?);
         let binary = binary.to_string_lossy().into_owned();
-        let speaker = n1.ns().spawn([
-            binary.as_str(),
-            "--log-level",
-            "warn",
-            "announce",
-            "--interface",
-            "eth0",
-            "--ip",
-            &VIP.to_string(),
-        ])?;
+        let speaker = announce(n1, &binary, &VIP.to_string())?;
         arping_until(client.ns(), "eth0", VIP, Duration::from_secs(10), |macs| {
             macs.contains(&n1.mac())
         })
@@ -1083,6 +1074,20 @@ impl CpuUse {
     }
 }
 
+/// `ferrolb-speaker announce` of `ips` (comma list) on `host`'s eth0, quiet but for warnings.
+fn announce(host: &Host, binary: &str, ips: &str) -> Result<Background> {
+    Ok(host.ns().spawn([
+        binary,
+        "--log-level",
+        "warn",
+        "announce",
+        "--interface",
+        "eth0",
+        "--ip",
+        ips,
+    ])?)
+}
+
 fn node(lab: &Lab, i: usize) -> Result<&Host> {
     lab.node(i)
         .ok_or_else(|| anyhow!("the lab has no node {i}"))
@@ -1184,16 +1189,7 @@ fn memory(binary: &Path, services: usize, report: &mut Report) -> Result<()> {
         .map(|i| Ipv4Addr::from(MEMORY_POOL_BASE + i).to_string())
         .collect();
     let ips = ips.join(",");
-    let announce = n1.ns().spawn([
-        binary.as_str(),
-        "--log-level",
-        "warn",
-        "announce",
-        "--interface",
-        "eth0",
-        "--ip",
-        &ips,
-    ])?;
+    let announce = announce(n1, &binary, &ips)?;
     // Past the gratuitous bursts, as above.
     thread::sleep(Duration::from_secs(7));
     if !announce.is_running()? {
