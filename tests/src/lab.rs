@@ -12,7 +12,7 @@
 //! fd00:250:1::<i>/64. Nothing in the lab touches a host interface or leaves 10.250.0.0/16 and
 //! fd00:250::/32.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -197,6 +197,8 @@ impl LabBuilder {
     pub fn build(self) -> Result<Lab> {
         self.validate()?;
         reap_stale_namespaces();
+        let hosts = self.nodes + 2 + self.extras.len();
+        make_room_in_neighbour_tables(hosts)?;
         let id = next_id();
         let dir = tempfile::Builder::new()
             .prefix(&format!("ferrolb-lab-{id}-"))
@@ -537,6 +539,34 @@ fn hold_owner_lock() {
         file.try_lock().ok()?;
         Some(file)
     });
+}
+
+/// Raises the kernel's neighbour-table limits so every lab host can hold an entry for every
+/// other, over IPv4 and IPv6. The tables are shared by all network namespaces and sized by the
+/// initial one (gc_thresh3 = 1024 by default): 50 hosts that all talk to each other need ~5,000
+/// entries, and past the limit the kernel drops ARP resolutions ("neighbor table overflow"), so
+/// datagrams to some hosts vanish and a membership test measures the lab instead of the
+/// protocol. Only ever raised; a small lab changes nothing.
+fn make_room_in_neighbour_tables(hosts: usize) -> Result<()> {
+    let wanted = (hosts * hosts * 2).max(128);
+    for family in ["ipv4", "ipv6"] {
+        for (threshold, factor) in [("gc_thresh1", 1), ("gc_thresh2", 2), ("gc_thresh3", 4)] {
+            let path = format!("/proc/sys/net/{family}/neigh/default/{threshold}");
+            let io = |source| LabError::Io {
+                context: format!("raising {path} for {hosts} lab hosts"),
+                source,
+            };
+            let current: usize = fs::read_to_string(&path)
+                .map_err(io)?
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            if current < wanted * factor {
+                fs::write(&path, (wanted * factor).to_string()).map_err(io)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deletes, once per process, the `lab-<pid>-<n>-*` namespaces whose owner process is dead: its
