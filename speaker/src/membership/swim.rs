@@ -10,6 +10,8 @@ use ferrolb_proto::gossip::{
     ENVELOPE_OVERHEAD, MAX_UPDATES, MemberRecord, MemberState, Message, Packet, Update,
 };
 
+use sha2::{Digest, Sha256};
+
 use super::Config;
 use super::rng::Rng;
 
@@ -85,7 +87,10 @@ struct Probe {
 
 /// An out-of-turn ping to a member someone else suspects: if it fails too, this node confirms
 /// the suspicion, which brings every timer to its minimum within one probe interval instead of
-/// waiting for other members' regular turns.
+/// waiting for other members' regular turns. Only `indirect_checks` members check each
+/// suspicion (see [`Swim::is_checker`]): if every hearer checked, one suspicion of a member
+/// slowed by an overloaded CPU would cost the cluster O(n) pings and O(n) confirmations, whose
+/// load slows more members: a storm that feeds itself.
 #[derive(Debug, Clone)]
 struct Check {
     target: String,
@@ -820,8 +825,12 @@ impl Swim {
                 match entry.state {
                     MemberState::Dead | MemberState::Left => {}
                     MemberState::Suspect if incarnation == entry.incarnation => {
+                        // Beyond `expected` a confirmation shortens no timer, so it is
+                        // neither kept nor passed on (as memberlist's suspicion does).
                         let confirmed = self.suspicions.get_mut(&member).is_some_and(|s| {
-                            from != s.first_accuser && s.confirmations.insert(from.clone())
+                            from != s.first_accuser
+                                && s.confirmations.len() < s.expected
+                                && s.confirmations.insert(from.clone())
                         });
                         if confirmed {
                             // Pass confirmations on: every node's timer shortens with them.
@@ -837,7 +846,10 @@ impl Swim {
                         entry.incarnation = incarnation;
                         entry.since = now;
                         let address = entry.address;
-                        if from != self.name && !self.leaving {
+                        if from != self.name
+                            && !self.leaving
+                            && self.is_checker(&member, incarnation, &from)
+                        {
                             let seq = self.next_probe_seq();
                             self.checks.push(Check {
                                 target: member.clone(),
@@ -970,6 +982,31 @@ impl Swim {
                 self.send_with(address, &name, Message::Gossip, Some(alive.clone()));
             }
         }
+    }
+
+    /// Whether this node is one of the `indirect_checks` members that check `suspect`'s
+    /// suspicion at `incarnation` raised by `accuser`: the live members other than those two
+    /// ranked by a hash of (suspect, incarnation, member), so every node picks the same few
+    /// without a word exchanged, and a new incarnation picks others.
+    fn is_checker(&self, suspect: &str, incarnation: u64, accuser: &str) -> bool {
+        let rank = |member: &str| {
+            let mut hash = Sha256::new();
+            hash.update(suspect.as_bytes());
+            hash.update([0u8]);
+            hash.update(incarnation.to_be_bytes());
+            hash.update(member.as_bytes());
+            <[u8; 32]>::from(hash.finalize())
+        };
+        let mine = rank(&self.name);
+        let ahead = self
+            .members
+            .iter()
+            .filter(|(name, e)| {
+                e.state == MemberState::Alive && *name != suspect && *name != accuser
+            })
+            .filter(|(name, _)| rank(name) < mine)
+            .count();
+        ahead < self.config.indirect_checks
     }
 
     fn new_suspicion(&self, accuser: &str, live: usize, now: Instant) -> Suspicion {
@@ -1291,6 +1328,93 @@ mod tests {
             .find(|p| p.to == "n2")
             .expect("a datagram straight to the accuser");
         assert!(refutation.updates.contains(&alive(1, 1)), "{refutation:?}");
+    }
+
+    /// Ten members who all know each other; `n2` suspects `n9`.
+    fn ten_hear_a_suspicion(now: Instant) -> Vec<(Swim, Vec<Output>)> {
+        let everyone: Vec<Update> = (1..=10).map(|i| alive(i, 0)).collect();
+        let suspicion = Update::Suspect {
+            member: "n9".into(),
+            incarnation: 0,
+            from: "n2".into(),
+        };
+        (1..=10)
+            .filter(|i| ![2, 9].contains(i))
+            .map(|i| {
+                let mut n = node(i, now);
+                let me = format!("n{i}");
+                n.handle(
+                    addr(2),
+                    packet("n2", &me, Message::Gossip, everyone.clone()),
+                    now,
+                );
+                let out = n.handle(
+                    addr(2),
+                    packet("n2", &me, Message::Gossip, vec![suspicion.clone()]),
+                    now,
+                );
+                (n, out)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exactly_indirect_checks_members_check_a_suspicion() {
+        let now = Instant::now();
+        let heard = ten_hear_a_suspicion(now);
+        let checkers: Vec<&str> = heard
+            .iter()
+            .filter(|(_, out)| {
+                sends(out)
+                    .iter()
+                    .any(|p| p.to == "n9" && matches!(p.message, Message::Ping { .. }))
+            })
+            .map(|(n, _)| n.name())
+            .collect();
+        assert_eq!(
+            checkers.len(),
+            Config::default().indirect_checks,
+            "{checkers:?}"
+        );
+        // Every hearer still counts n9 as a suspect, checker or not.
+        assert!(
+            heard
+                .iter()
+                .all(|(n, _)| n.state_of("n9") == Some(MemberState::Suspect))
+        );
+    }
+
+    #[test]
+    fn confirmations_beyond_the_expected_count_are_not_passed_on() {
+        let now = Instant::now();
+        let (mut n1, _) = ten_hear_a_suspicion(now)
+            .into_iter()
+            .next()
+            .expect("n1 heard it");
+        let mut passed_on = 0;
+        for accuser in 3..=8 {
+            let confirmation = Update::Suspect {
+                member: "n9".into(),
+                incarnation: 0,
+                from: format!("n{accuser}"),
+            };
+            n1.handle(
+                addr(accuser),
+                packet(
+                    &format!("n{accuser}"),
+                    "n1",
+                    Message::Gossip,
+                    vec![confirmation],
+                ),
+                now,
+            );
+            if n1.queue.iter().any(|q| {
+                matches!(&q.update, Update::Suspect { from, .. } if *from == format!("n{accuser}"))
+            }) {
+                passed_on += 1;
+            }
+        }
+        assert_eq!(passed_on, Config::default().indirect_checks);
     }
 
     #[test]

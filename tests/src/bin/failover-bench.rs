@@ -18,8 +18,8 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
-use std::{fs, thread};
 use std::time::{Duration, Instant, SystemTime};
+use std::{fs, thread};
 
 use ferrolb_e2e::install::manifests;
 use ferrolb_e2e::journey::replies;
@@ -391,7 +391,9 @@ impl FerroStage {
                     (now - started).as_secs_f64(),
                     behind.len(),
                     totals.summary(),
-                    fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+                    fs::read_to_string("/proc/loadavg")
+                        .unwrap_or_default()
+                        .trim()
                 );
             }
             // Each look costs every member an `ip netns exec curl` (~6 ms of CPU): polled fast,
