@@ -14,8 +14,11 @@
 //! (reshuffled every round, newcomers inserted at a random place). No ack within the probe
 //! timeout: it asks `indirect_checks` random members to ping the target for it (and pings once
 //! more itself). No ack by the end of the interval: the target becomes *suspect*, and the suspect
-//! is told at once (so a live one refutes in one round trip). Every member hearing a new
-//! suspicion pings the suspect once out of turn and, if that fails too, confirms it. A suspect that hears of it raises
+//! is told at once (so a live one refutes in one round trip). Of the members hearing a new
+//! suspicion, the `indirect_checks` ranked first by a hash of (suspect, incarnation, member)
+//! ping the suspect once out of turn and, if that fails too, confirm it (every member checking
+//! would make one slow member cost O(n) pings and confirmations); confirmations beyond
+//! `indirect_checks` are not passed on. A suspect that hears of it raises
 //! its incarnation and broadcasts `Alive`, which overrides the suspicion everywhere. A suspicion
 //! nobody refutes turns into *dead* after a timeout that starts at `suspicion_max_mult` times
 //! its minimum and shrinks (Lifeguard) as other members independently confirm it. The minimum is
