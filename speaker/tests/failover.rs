@@ -359,7 +359,7 @@ while not os.path.exists(stop):
             raise OSError("status " + data[:20].decode(errors="replace"))
     except OSError as e:
         failed += 1
-        if connected and isinstance(e, ConnectionResetError):
+        if connected and isinstance(e, (ConnectionResetError, BrokenPipeError)):
             reset += 1
         errors[str(e)] = errors.get(str(e), 0) + 1
 print(sent, failed, reset, errors, flush=True)
