@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ferrolb_e2e::install::manifests;
 use ferrolb_e2e::journey::replies;
 use ferrolb_e2e::tools::arping_every_10ms;
-use ferrolb_e2e::{CapturedFrame, Journey, Lab, MacAddr, lab_or_skip};
+use ferrolb_e2e::{Background, CapturedFrame, Journey, Lab, MacAddr, lab_or_skip};
 use ferrolb_proto::wire::{self, Frame};
 
 /// Generous bounds for a loaded 2-core machine; the measured figures are printed.
@@ -323,6 +323,15 @@ fn a_healed_partition_leaves_one_owner_that_announces() {
 
 /// A Python HTTP client in the client's namespace: `rate` requests a second to `ip:80`, each
 /// on a fresh connection with a 1 s limit, until `stop_file` exists; prints `sent failed`.
+/// Writes `script` into the lab directory as `name` and runs it with python3 on the client.
+fn python_on_client(journey: &Journey, name: &str, script: &str, args: &[&str]) -> Background {
+    let path = journey.lab.dir().join(name);
+    std::fs::write(&path, script).unwrap();
+    let mut argv = vec!["python3", path.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    journey.client().ns().spawn(argv).unwrap()
+}
+
 /// A client opening one HTTP/1.0 connection per request at a steady rate. It prints
 /// `sent failed reset {errors}`: `failed` is every request that did not get its 200 for any
 /// reason; `reset` is the subset whose connection was established and then reset: a request in
@@ -370,21 +379,13 @@ fn a_rolling_restart_loses_no_request() {
     lab_or_skip!("arping", "nginx", "nft", "python3");
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (mut journey, ip) = stage();
-    let dir = journey.lab.dir().to_owned();
-    let script = dir.join("load.py");
-    let stop = dir.join("load.stop");
-    std::fs::write(&script, LOAD).unwrap();
-    let load = journey
-        .client()
-        .ns()
-        .spawn([
-            "python3",
-            script.to_str().unwrap(),
-            &ip.to_string(),
-            "200",
-            stop.to_str().unwrap(),
-        ])
-        .unwrap();
+    let stop = journey.lab.dir().join("load.stop");
+    let load = python_on_client(
+        &journey,
+        "load.py",
+        LOAD,
+        &[&ip.to_string(), "200", stop.to_str().unwrap()],
+    );
     thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
     let mut moves = 0;
@@ -462,20 +463,17 @@ fn a_connection_open_across_a_move_is_reset_and_a_new_one_is_served() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (journey, ip) = stage();
     let dir = journey.lab.dir().to_owned();
-    let script = dir.join("across.py");
     let (go, connected) = (dir.join("go"), dir.join("connected"));
-    std::fs::write(&script, ACROSS_A_MOVE).unwrap();
-    let client = journey
-        .client()
-        .ns()
-        .spawn([
-            "python3",
-            script.to_str().unwrap(),
+    let client = python_on_client(
+        &journey,
+        "across.py",
+        ACROSS_A_MOVE,
+        &[
             &ip.to_string(),
             go.to_str().unwrap(),
             connected.to_str().unwrap(),
-        ])
-        .unwrap();
+        ],
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !connected.exists() {
         assert!(Instant::now() < deadline, "the client never connected");
