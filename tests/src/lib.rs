@@ -7,6 +7,7 @@
 //! - [`process`]: [`Background`] processes by PID: pause, resume, stop, kill.
 //! - [`capture`]: [`Capture`], tcpdump started once it listens, read back as frames.
 //! - [`pcap`]: the pcap file format tcpdump writes.
+//! - [`floor`]: the least a userspace ARP responder can do, a benchmark's second peer.
 //! - [`privilege`]: whether lab tests can run here, and skip-or-fail ([`lab_or_skip!`]).
 //! - [`tools`]: arping and ndisc6 from a namespace, answers parsed into MACs.
 //! - [`install`]: [`Install`], FerroLB standalone on a lab (state directory, controller, speakers).
@@ -35,6 +36,7 @@
 pub mod apiserver;
 pub mod capture;
 pub mod error;
+pub mod floor;
 pub mod ingress;
 pub mod install;
 pub mod journey;

@@ -8,10 +8,17 @@
 //! 3. The speaker's CPU while its interface carries 100,000 non-ARP packets/s.
 //! 4. The speaker daemon's resident memory with 1,000 announced Services.
 //!
+//! `--floor` puts [`ferrolb_e2e::floor`], the least any responder on an AF_PACKET socket can
+//! do, in the speaker's place for parts 1 and 2: how much of the speaker's distance to the
+//! kernel is the design's (a thread woken per request) and how much is the speaker's own.
+//! (Not in the same lab as the speaker: two userspace responders on one LAN wake each other's
+//! threads for every request and share the softirq's work, which changes both figures.)
+//!
 //! ```text
 //! cargo build --release -p ferrolb-speaker --bin ferrolb-speaker
 //! cargo run --release -p ferrolb-e2e --bin arp-bench               # everything, ~3 minutes
 //! cargo run --release -p ferrolb-e2e --bin arp-bench -- --only latency --requests 3000
+//! cargo run --release -p ferrolb-e2e --bin arp-bench -- --only latency --floor
 //! ```
 //!
 //! Needs root (namespaces, raw sockets), tcpdump and arping, and the release speaker built
@@ -56,6 +63,7 @@ struct Options {
     parts: Vec<Part>,
     services: usize,
     cpu_secs: u64,
+    floor: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +87,7 @@ impl Part {
     }
 }
 
-const USAGE: &str = "usage: arp-bench [--speaker PATH] [--requests N] [--services N] \
+const USAGE: &str = "usage: arp-bench [--speaker PATH | --floor] [--requests N] [--services N] \
 [--cpu-secs N] [--only latency,rate,cpu,memory]";
 
 fn parse_args() -> Result<Options> {
@@ -89,7 +97,9 @@ fn parse_args() -> Result<Options> {
         parts: Part::ALL.to_vec(),
         services: 1000,
         cpu_secs: 10,
+        floor: false,
     };
+    let mut only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| {
@@ -98,6 +108,7 @@ fn parse_args() -> Result<Options> {
         };
         match arg.as_str() {
             "--speaker" => options.speaker = Some(PathBuf::from(value("--speaker")?)),
+            "--floor" => options.floor = true,
             "--requests" => {
                 options.requests = value("--requests")?
                     .parse()
@@ -114,6 +125,7 @@ fn parse_args() -> Result<Options> {
                     .context("--cpu-secs: a whole number")?;
             }
             "--only" => {
+                only = true;
                 let list = value("--only")?;
                 options.parts = list
                     .split(',')
@@ -134,11 +146,93 @@ fn parse_args() -> Result<Options> {
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
+    if options.floor {
+        if options.speaker.is_some() {
+            bail!("--floor and --speaker both name what answers on node 1; give one");
+        }
+        if !only {
+            options.parts = vec![Part::Latency, Part::Rate];
+        }
+        if let Some(part) = options
+            .parts
+            .iter()
+            .find(|p| matches!(p, Part::Cpu | Part::Memory))
+        {
+            bail!(
+                "--floor measures latency and rate only (the {} part is the speaker's own)",
+                part.name()
+            );
+        }
+    }
     Ok(options)
 }
 
+/// What answers for the VIP on node 1.
+enum Responder {
+    Speaker(PathBuf),
+    /// This program as [`ferrolb_e2e::floor`] (`--floor-responder IFACE IP`).
+    Floor(PathBuf),
+}
+
+/// How this program runs itself as the floor responder in a lab namespace.
+const FLOOR_MODE: &str = "--floor-responder";
+
+impl Responder {
+    /// The column its figures go in.
+    fn name(&self) -> &'static str {
+        match self {
+            Responder::Speaker(_) => "FerroLB",
+            Responder::Floor(_) => "floor",
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Responder::Speaker(path) => path.display().to_string(),
+            Responder::Floor(_) => {
+                "in the speaker's place the floor, a minimal AF_PACKET responder".to_owned()
+            }
+        }
+    }
+
+    /// Starts answering for `ip` on `host`'s eth0.
+    fn start(&self, host: &Host, ip: Ipv4Addr) -> Result<Background> {
+        Ok(match self {
+            Responder::Speaker(binary) => {
+                announce(host, &binary.to_string_lossy(), &ip.to_string())?
+            }
+            Responder::Floor(exe) => host.ns().spawn([
+                exe.as_os_str(),
+                FLOOR_MODE.as_ref(),
+                "eth0".as_ref(),
+                ip.to_string().as_ref(),
+            ])?,
+        })
+    }
+}
+
+/// The floor responder's mode: answers ARP for `ip` on `iface` until killed.
+fn floor_responder(iface: &str, ip: &str) -> Result<()> {
+    let ip: Ipv4Addr = ip.parse().context("the floor responder's IP")?;
+    let interface = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == iface)
+        .ok_or_else(|| anyhow!("no interface {iface} here"))?;
+    let mac = interface
+        .mac
+        .map(|m| MacAddr(m.octets()))
+        .ok_or_else(|| anyhow!("{iface} has no MAC address"))?;
+    ferrolb_e2e::floor::serve(interface.index, mac, ip)
+        .with_context(|| format!("answering ARP for {ip} on {iface}"))
+}
+
 fn main() -> ExitCode {
-    match run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.as_slice() {
+        [mode, iface, ip] if mode == FLOOR_MODE => floor_responder(iface, ip),
+        _ => run(),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("arp-bench: {error:#}");
@@ -152,9 +246,13 @@ fn run() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("needs root: it builds network namespaces and opens raw sockets");
     }
-    let speaker = speaker_binary(options.speaker.as_deref())?;
-    let mut report = Report::new(&speaker);
-    eprintln!("speaker binary: {}", speaker.display());
+    let responder = if options.floor {
+        Responder::Floor(std::env::current_exe().context("locating this program")?)
+    } else {
+        Responder::Speaker(speaker_binary(options.speaker.as_deref())?)
+    };
+    let mut report = Report::new(&responder);
+    eprintln!("on node 1: {}", responder.describe());
 
     let wants = |part| options.parts.contains(&part);
     if wants(Part::Latency) || wants(Part::Rate) || wants(Part::Cpu) {
@@ -162,7 +260,7 @@ fn run() -> Result<()> {
             .nodes(2)
             .build()
             .context("building the lab")?;
-        let bench = LanBench::start(&lab, &speaker)?;
+        let bench = LanBench::start(&lab, &responder)?;
         if wants(Part::Latency) {
             report.load("latency");
             bench.latency(options.requests, &mut report)?;
@@ -176,9 +274,11 @@ fn run() -> Result<()> {
             bench.cpu(Duration::from_secs(options.cpu_secs), &mut report)?;
         }
     }
-    if wants(Part::Memory) {
+    if wants(Part::Memory)
+        && let Responder::Speaker(speaker) = &responder
+    {
         report.load("memory");
-        memory(&speaker, options.services, &mut report)?;
+        memory(speaker, options.services, &mut report)?;
     }
     report.load("end");
     println!("{}", report.render());
@@ -243,7 +343,8 @@ fn newest_file(dir: &Path) -> Option<SystemTime> {
 #[derive(Debug)]
 struct Report {
     started: SystemTime,
-    speaker: PathBuf,
+    /// What answered on node 1, and the name of its column.
+    responder: (String, &'static str),
     rows: Vec<Row>,
     loads: Vec<(String, String)>,
     notes: Vec<String>,
@@ -259,10 +360,10 @@ struct Row {
 }
 
 impl Report {
-    fn new(speaker: &Path) -> Self {
+    fn new(responder: &Responder) -> Self {
         Report {
             started: SystemTime::now(),
-            speaker: speaker.to_owned(),
+            responder: (responder.describe(), responder.name()),
             rows: Vec::new(),
             loads: Vec::new(),
             notes: Vec::new(),
@@ -300,7 +401,7 @@ impl Report {
         let _ = writeln!(
             out,
             "\nFerroLB speaker, ARP/NDP figures ({}, started at unix time {secs}; {} cores)",
-            self.speaker.display(),
+            self.responder.0,
             thread::available_parallelism().map_or(0, usize::from)
         );
         let loads: Vec<String> = self
@@ -313,7 +414,7 @@ impl Report {
             "load average (1/5/15 min) before each part: {}\n",
             loads.join("; ")
         );
-        let headers = ["figure", "FerroLB", "kernel", "ratio", "target"];
+        let headers = ["figure", self.responder.1, "kernel", "ratio", "target"];
         let cells: Vec<[&str; 5]> = self
             .rows
             .iter()
@@ -617,10 +718,9 @@ struct LanBench<'a> {
 }
 
 impl<'a> LanBench<'a> {
-    fn start(lab: &'a Lab, binary: &Path) -> Result<LanBench<'a>> {
+    fn start(lab: &'a Lab, responder: &Responder) -> Result<LanBench<'a>> {
         let (client, n1) = (lab.client(), node(lab, 1)?);
-        let binary = binary.to_string_lossy().into_owned();
-        let speaker = announce(n1, &binary, &VIP.to_string())?;
+        let speaker = responder.start(n1, VIP)?;
         arping_until(client.ns(), "eth0", VIP, Duration::from_secs(10), |macs| {
             macs.contains(&n1.mac())
         })
