@@ -169,11 +169,56 @@ pub fn status_name(node: &str, namespace: &str, service: &str) -> String {
     name.trim_end_matches(['-', '.']).to_owned()
 }
 
-/// Carries out the node's reports until the channel closes.
+/// The speaker's own pod, owner of the ServiceL2Status objects it writes (as in MetalLB): when
+/// the pod is deleted, for good or by an update, Kubernetes' garbage collector removes what it
+/// announced, even if it died without withdrawing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub uid: String,
+}
+
+impl Pod {
+    /// The pod to own records in `namespace`, if the speaker knows its pod and the pod lives
+    /// there (an owner in another namespace counts as absent, and the garbage collector would
+    /// delete every record at once). Says why there is none.
+    pub fn owner_of_records(
+        name: Option<String>,
+        uid: Option<String>,
+        pod_namespace: Option<&str>,
+        namespace: &str,
+    ) -> Option<Pod> {
+        match (name, uid, pod_namespace) {
+            (Some(name), Some(uid), Some(ns)) if ns == namespace => Some(Pod { name, uid }),
+            (Some(_), Some(_), Some(ns)) => {
+                tracing::warn!(
+                    pod_namespace = ns,
+                    namespace,
+                    "ServiceL2Statuses are kept outside the speaker's namespace: they get no owner, and stay if this speaker dies for good"
+                );
+                None
+            }
+            _ => {
+                tracing::warn!(
+                    "POD_NAME, POD_UID or POD_NAMESPACE unknown: ServiceL2Statuses get no owner, and stay if this speaker dies for good"
+                );
+                None
+            }
+        }
+    }
+
+    fn owner_references(&self) -> serde_json::Value {
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}])
+    }
+}
+
+/// Carries out the node's reports until the channel closes. Without `pod` (a speaker outside
+/// the cluster) the records have no owner, and only this node's speaker removes them.
 pub async fn record(
     client: Client,
     namespace: String,
     node: String,
+    pod: Option<Pod>,
     mut reports: mpsc::UnboundedReceiver<Report>,
 ) {
     let statuses: Api<ServiceL2Status> = Api::namespaced(client.clone(), &namespace);
@@ -214,9 +259,15 @@ pub async fn record(
                 let (ns, name) = split(&service);
                 let object_name = status_name(&node, ns, name);
                 leftovers.keep(&object_name);
-                if let Err(err) =
-                    announce(&statuses, &object_name, &node, ns, name, &interfaces).await
-                {
+                let record = Record {
+                    object_name: &object_name,
+                    node: &node,
+                    namespace: ns,
+                    service: name,
+                    interfaces: &interfaces,
+                    owner: pod.as_ref(),
+                };
+                if let Err(err) = announce(&statuses, &record).await {
                     tracing::warn!(%service, "cannot record ServiceL2Status: {err}");
                 }
                 let note = format!("announcing from node \"{node}\" with protocol \"layer2\"");
@@ -271,34 +322,66 @@ pub async fn record(
     }
 }
 
-async fn announce(
-    statuses: &Api<ServiceL2Status>,
-    object_name: &str,
-    node: &str,
-    ns: &str,
-    name: &str,
-    interfaces: &[String],
-) -> Result<(), kube::Error> {
+/// One ServiceL2Status to write.
+struct Record<'a> {
+    object_name: &'a str,
+    node: &'a str,
+    namespace: &'a str,
+    service: &'a str,
+    interfaces: &'a [String],
+    owner: Option<&'a Pod>,
+}
+
+async fn announce(statuses: &Api<ServiceL2Status>, record: &Record<'_>) -> Result<(), kube::Error> {
+    let Record {
+        object_name,
+        node,
+        namespace,
+        service,
+        interfaces,
+        owner,
+    } = *record;
+    let mut metadata = json!({
+        "name": object_name,
+        "labels": {NODE_LABEL: node, SERVICE_NAME_LABEL: service, SERVICE_NAMESPACE_LABEL: namespace},
+    });
+    if let Some(pod) = owner {
+        metadata["ownerReferences"] = pod.owner_references();
+    }
     let body: ServiceL2Status = serde_json::from_value(json!({
         "apiVersion": "metallb.io/v1beta1",
         "kind": "ServiceL2Status",
-        "metadata": {
-            "name": object_name,
-            "labels": {NODE_LABEL: node, SERVICE_NAME_LABEL: name, SERVICE_NAMESPACE_LABEL: ns},
-        },
+        "metadata": metadata,
         "spec": {},
     }))
     .map_err(kube::Error::SerdeError)?;
     match statuses.create(&PostParams::default(), &body).await {
         Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            // Written by this node before, maybe by a previous pod of it: owned by this pod
+            // from now on, or the garbage collector would remove it with the old one.
+            if let Some(pod) = owner {
+                let owners = json!({"metadata": {"ownerReferences": pod.owner_references()}});
+                match statuses
+                    .patch(object_name, &PatchParams::default(), &Patch::Merge(&owners))
+                    .await
+                {
+                    Ok(_) => {}
+                    // Collected in between: write it anew.
+                    Err(kube::Error::Api(status)) if status.code == 404 => {
+                        statuses.create(&PostParams::default(), &body).await?;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
         Err(err) => return Err(err),
     }
     // Status is a subresource: written separately, as MetalLB's speaker does.
     let status = json!({"status": {
         "node": node,
-        "serviceName": name,
-        "serviceNamespace": ns,
+        "serviceName": service,
+        "serviceNamespace": namespace,
         "interfaces": interfaces.iter().map(|i| json!({"name": i})).collect::<Vec<_>>(),
     }});
     statuses
@@ -349,6 +432,40 @@ fn split(service: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_owned_by_the_pod_only_in_its_own_namespace() {
+        let owner = |ns: Option<&str>| {
+            Pod::owner_of_records(
+                Some("speaker-x".into()),
+                Some("uid".into()),
+                ns,
+                "metallb-system",
+            )
+        };
+        assert_eq!(
+            owner(Some("metallb-system")),
+            Some(Pod {
+                name: "speaker-x".into(),
+                uid: "uid".into()
+            })
+        );
+        assert_eq!(
+            owner(Some("other")),
+            None,
+            "an owner cannot cross namespaces"
+        );
+        assert_eq!(owner(None), None);
+        assert_eq!(
+            Pod::owner_of_records(
+                None,
+                Some("uid".into()),
+                Some("metallb-system"),
+                "metallb-system"
+            ),
+            None
+        );
+    }
 
     #[test]
     fn status_names_are_dns_subdomains() {

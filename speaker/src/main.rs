@@ -102,6 +102,15 @@ struct RunArgs {
     /// This node's name: its identity in the membership and in elections.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
+    /// This speaker's pod (in a pod, from the downward API): the owner of its ServiceL2Status
+    /// objects, which Kubernetes then removes with the pod. Used only when all three are known
+    /// and the records live in the pod's own namespace (owners cannot cross namespaces).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    #[arg(long, env = "POD_UID")]
+    pod_uid: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
     /// Run standalone on this state directory instead of a Kubernetes cluster.
     #[arg(long, env = "FERROLB_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -450,10 +459,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             else {
                 return Ok(());
             };
+            let pod = kubernetes::Pod::owner_of_records(
+                args.pod_name.clone(),
+                args.pod_uid.clone(),
+                args.pod_namespace.as_deref(),
+                &args.namespace,
+            );
             let recorder = tokio::spawn(kubernetes::record(
                 client,
                 args.namespace.clone(),
                 args.node_name.clone(),
+                pod,
                 reports,
             ));
             (first, cluster, recorder)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ferrolb_daemon::shutdown;
 use ferrolb_e2e::ApiServer;
-use ferrolb_speaker::kubernetes::{follow, record, status_name};
+use ferrolb_speaker::kubernetes::{Pod, follow, record, status_name};
 use ferrolb_speaker::membership::{LiveSet, Member, MemberState};
 use ferrolb_speaker::node::{NodeSettings, Report, plan};
 use serde_json::json;
@@ -48,6 +48,13 @@ fn seed(server: &ApiServer) {
             "addressType": "IPv4",
             "endpoints": [{"addresses": ["10.1.0.5"], "nodeName": "n2", "conditions": {"ready": true, "serving": true}}]}))
         .unwrap();
+}
+
+fn speaker_pod(uid: &str) -> Pod {
+    Pod {
+        name: "ferrolb-speaker-x2".into(),
+        uid: uid.into(),
+    }
 }
 
 fn live(names: &[&str]) -> LiveSet {
@@ -134,6 +141,7 @@ async fn announcements_become_service_l2_statuses_and_events() {
         server.client().unwrap(),
         "metallb-system".into(),
         "n2".into(),
+        Some(speaker_pod("uid-2")),
         reports,
     ));
 
@@ -163,6 +171,11 @@ async fn announcements_become_service_l2_statuses_and_events() {
     assert_eq!(status["status"]["serviceName"], "web");
     assert_eq!(status["status"]["interfaces"][0]["name"], "eth0");
     assert_eq!(status["metadata"]["labels"]["metallb.io/node"], "n2");
+    assert_eq!(
+        status["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": "ferrolb-speaker-x2", "uid": "uid-2"}]),
+        "owned by the speaker's pod: removed with it"
+    );
     let assigned = || {
         server
             .list("events.k8s.io/v1", "Event")
@@ -208,6 +221,59 @@ async fn announcements_become_service_l2_statuses_and_events() {
             .list("events.k8s.io/v1", "Event")
             .iter()
             .any(|e| e["reason"] == "IPConflict" && e["type"] == "Warning")
+    );
+    drop(tx);
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_record_left_by_the_previous_pod_of_the_node_changes_owner() {
+    let server = ApiServer::start().await.unwrap();
+    seed(&server);
+    let name = status_name("n2", "demo", "web");
+    // The record as the node's previous speaker pod wrote it.
+    server
+        .apply(json!({"apiVersion": "metallb.io/v1beta1", "kind": "ServiceL2Status",
+            "metadata": {"name": name, "namespace": "metallb-system",
+                "labels": {"metallb.io/node": "n2"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "ferrolb-speaker-old", "uid": "uid-old"}]},
+            "spec": {}, "status": {"node": "n2", "serviceName": "web", "serviceNamespace": "demo"}}))
+        .unwrap();
+    let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(record(
+        server.client().unwrap(),
+        "metallb-system".into(),
+        "n2".into(),
+        Some(speaker_pod("uid-new")),
+        reports,
+    ));
+    tx.send(Report::Announcing {
+        service: "demo/web".into(),
+        ips: vec!["10.250.0.100".parse().unwrap()],
+        interfaces: vec!["eth1".into()],
+    })
+    .unwrap();
+    let recorded = || {
+        server
+            .get(
+                "metallb.io/v1beta1",
+                "ServiceL2Status",
+                Some("metallb-system"),
+                &name,
+            )
+            .unwrap()
+    };
+    assert!(
+        server
+            .wait_for_requests(WAIT, |_| recorded()
+                .pointer("/status/interfaces/0/name")
+                .is_some_and(|i| i == "eth1"))
+            .await
+    );
+    assert_eq!(
+        recorded()["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": "ferrolb-speaker-x2", "uid": "uid-new"}]),
+        "the old pod's deletion must not take the record with it"
     );
     drop(tx);
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
