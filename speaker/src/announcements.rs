@@ -16,18 +16,19 @@ use kube::ResourceExt;
 /// The label EndpointSlices carry naming their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Everything the decision depends on.
-#[derive(Clone, Debug, Default)]
-pub struct Inputs {
-    pub services: Vec<Service>,
-    pub pools: Vec<IPAddressPool>,
-    pub advertisements: Vec<L2Advertisement>,
-    pub nodes: Vec<Node>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+/// Everything the decision depends on, borrowed from the speaker's view of the cluster (a
+/// decision per change must not copy every Service).
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    pub services: &'a [Service],
+    pub pools: &'a [IPAddressPool],
+    pub advertisements: &'a [L2Advertisement],
+    pub nodes: &'a [Node],
+    pub endpoint_slices: &'a [EndpointSlice],
     /// Names of the speakers the membership protocol sees alive (this one included).
-    pub live: BTreeSet<String>,
+    pub live: &'a BTreeSet<String>,
     /// Serve only Services of this loadBalancerClass (None: Services without a class).
-    pub lb_class: Option<String>,
+    pub lb_class: Option<&'a str>,
     /// Whether a Service without EndpointSlices has no endpoints (Kubernetes), or is served
     /// by every node (standalone, where endpoints are optional).
     pub endpoints_required: bool,
@@ -90,7 +91,7 @@ impl std::fmt::Display for Reason {
 }
 
 /// Decides every Service that has IPs in its status, in name order.
-pub fn decide(inputs: &Inputs) -> Vec<Decision> {
+pub fn decide(inputs: &Inputs<'_>) -> Vec<Decision> {
     let pools: Vec<(&IPAddressPool, Vec<AddressRange>)> = inputs
         .pools
         .iter()
@@ -114,7 +115,7 @@ pub fn decide(inputs: &Inputs) -> Vec<Decision> {
     let mut decisions: Vec<Decision> = inputs
         .services
         .iter()
-        .filter(|svc| handled(svc, inputs.lb_class.as_deref()))
+        .filter(|svc| handled(svc, inputs.lb_class))
         .filter_map(|svc| {
             let ips = status_ips(svc);
             let first = *ips.first()?;
@@ -153,7 +154,7 @@ fn decide_one(
     first: IpAddr,
     pools: &[(&IPAddressPool, Vec<AddressRange>)],
     eligible: &BTreeMap<String, &Node>,
-    inputs: &Inputs,
+    inputs: &Inputs<'_>,
 ) -> Outcome {
     let Some((pool, _)) = pools
         .iter()
@@ -172,7 +173,7 @@ fn decide_one(
         });
     }
 
-    let serving = serving_nodes(svc, &inputs.endpoint_slices);
+    let serving = serving_nodes(svc, inputs.endpoint_slices);
     let local = svc
         .spec
         .as_ref()
@@ -335,8 +336,36 @@ mod tests {
         }
     }
 
-    fn inputs() -> Inputs {
-        Inputs {
+    /// The inputs, owned, for tests to change.
+    #[derive(Clone, Debug)]
+    struct World {
+        services: Vec<Service>,
+        pools: Vec<IPAddressPool>,
+        advertisements: Vec<L2Advertisement>,
+        nodes: Vec<Node>,
+        endpoint_slices: Vec<EndpointSlice>,
+        live: BTreeSet<String>,
+        lb_class: Option<String>,
+        endpoints_required: bool,
+    }
+
+    impl World {
+        fn decide(&self) -> Vec<Decision> {
+            decide(&Inputs {
+                services: &self.services,
+                pools: &self.pools,
+                advertisements: &self.advertisements,
+                nodes: &self.nodes,
+                endpoint_slices: &self.endpoint_slices,
+                live: &self.live,
+                lb_class: self.lb_class.as_deref(),
+                endpoints_required: self.endpoints_required,
+            })
+        }
+    }
+
+    fn inputs() -> World {
+        World {
             services: vec![service("app", "10.250.0.100", json!({}))],
             pools: vec![from(
                 json!({"metadata": {"name": "lan", "labels": {"zone": "a"}}, "spec": {"addresses": ["10.250.0.100/30"]}}),
@@ -354,11 +383,11 @@ mod tests {
         }
     }
 
-    fn outcome(inputs: &Inputs) -> Outcome {
-        decide(inputs).remove(0).outcome
+    fn outcome(inputs: &World) -> Outcome {
+        inputs.decide().remove(0).outcome
     }
 
-    fn announcer(inputs: &Inputs) -> String {
+    fn announcer(inputs: &World) -> String {
         match outcome(inputs) {
             Outcome::Announced { node, .. } => node,
             other => panic!("not announced: {other:?}"),
@@ -506,11 +535,11 @@ mod tests {
             service("a", "10.250.0.101", json!({})),
             service("b", "10.250.0.101", json!({})),
         ];
-        let owners: Vec<_> = decide(&i).into_iter().map(|d| d.outcome).collect();
+        let owners: Vec<_> = i.decide().into_iter().map(|d| d.outcome).collect();
         assert_eq!(owners[0], owners[1]);
         i.lb_class = Some("other".into());
-        assert!(decide(&i).is_empty());
-        let mine_count = |i: &Inputs, n: &str| mine(&decide(i), n).count();
+        assert!(i.decide().is_empty());
+        let mine_count = |i: &World, n: &str| mine(&i.decide(), n).count();
         let i = inputs();
         assert_eq!(
             ["n1", "n2", "n3"]

@@ -90,17 +90,17 @@ pub fn plan(
     live: &LiveSet,
     settings: &NodeSettings,
 ) -> (Vec<Decision>, Share, BTreeMap<IpAddr, Intent>) {
-    let inputs = Inputs {
-        services: cluster.services.clone(),
-        pools: cluster.pools.clone(),
-        advertisements: cluster.advertisements.clone(),
-        nodes: cluster.nodes.clone(),
-        endpoint_slices: cluster.endpoint_slices.clone(),
-        live: live.names().map(str::to_owned).collect(),
-        lb_class: settings.lb_class.clone(),
+    let live = live.names().map(str::to_owned).collect();
+    let decisions = announcements::decide(&Inputs {
+        services: &cluster.services,
+        pools: &cluster.pools,
+        advertisements: &cluster.advertisements,
+        nodes: &cluster.nodes,
+        endpoint_slices: &cluster.endpoint_slices,
+        live: &live,
+        lb_class: settings.lb_class.as_deref(),
         endpoints_required: settings.endpoints_required,
-    };
-    let decisions = announcements::decide(&inputs);
+    });
     let mut share = Share::new();
     let mut owned = BTreeMap::new();
     for (decision, interfaces) in announcements::mine(&decisions, &settings.node_name) {
