@@ -16,8 +16,8 @@ use kube::ResourceExt;
 /// The label EndpointSlices carry naming their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Everything the decision depends on, borrowed from the speaker's view of the cluster (a
-/// decision per change must not copy every Service).
+/// Everything the decision depends on, borrowed from the speaker's view of the cluster, so
+/// that deciding copies no Service.
 #[derive(Clone, Copy, Debug)]
 pub struct Inputs<'a> {
     pub services: &'a [Service],

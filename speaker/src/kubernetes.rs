@@ -359,20 +359,23 @@ async fn announce(statuses: &Api<ServiceL2Status>, record: &Record<'_>) -> Resul
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 409 => {
             // Written by this node before, maybe by a previous pod of it: owned by this pod
-            // from now on, or the garbage collector would remove it with the old one.
-            if let Some(pod) = owner {
-                let owners = json!({"metadata": {"ownerReferences": pod.owner_references()}});
-                match statuses
-                    .patch(object_name, &PatchParams::default(), &Patch::Merge(&owners))
-                    .await
-                {
-                    Ok(_) => {}
-                    // Collected in between: write it anew.
-                    Err(kube::Error::Api(status)) if status.code == 404 => {
-                        statuses.create(&PostParams::default(), &body).await?;
-                    }
-                    Err(err) => return Err(err),
+            // (or by nothing, out of the cluster) from now on, or the garbage collector would
+            // remove it with the old one. A merge patch replaces the whole list, dropping the
+            // old pod. Written without reading first: this path runs only when a speaker
+            // restarts or a Service's interfaces change.
+            let owners = json!({"metadata": {
+                "ownerReferences": owner.map(Pod::owner_references),
+            }});
+            match statuses
+                .patch(object_name, &PatchParams::default(), &Patch::Merge(&owners))
+                .await
+            {
+                Ok(_) => {}
+                // Collected in between: write it anew.
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    statuses.create(&PostParams::default(), &body).await?;
                 }
+                Err(err) => return Err(err),
             }
         }
         Err(err) => return Err(err),

@@ -90,14 +90,14 @@ pub fn plan(
     live: &LiveSet,
     settings: &NodeSettings,
 ) -> (Vec<Decision>, Share, BTreeMap<IpAddr, Intent>) {
-    let live = live.names().map(str::to_owned).collect();
+    let live_names = live.names().map(str::to_owned).collect();
     let decisions = announcements::decide(&Inputs {
         services: &cluster.services,
         pools: &cluster.pools,
         advertisements: &cluster.advertisements,
         nodes: &cluster.nodes,
         endpoint_slices: &cluster.endpoint_slices,
-        live: &live,
+        live: &live_names,
         lb_class: settings.lb_class.as_deref(),
         endpoints_required: settings.endpoints_required,
     });

@@ -1,8 +1,8 @@
 //! The least a userspace ARP responder can do: one AF_PACKET socket bound to ARP on one
-//! interface, a blocking `recv`, a byte-level check, one `send`. No filter, no threads, no
-//! bookkeeping. `arp-bench --floor` runs it next to the speaker and the kernel, so the latency
-//! any responder built on an AF_PACKET socket (as the speaker must be) pays for its wake-up
-//! is measured in the same run as the speaker's.
+//! interface (its own replies not looped back), a blocking `recv`, a byte-level check, one
+//! `send`. No filter, no threads, no priority, no bookkeeping. `arp-bench --floor` measures it
+//! in the speaker's place against the same kernel: the latency any responder built on an
+//! AF_PACKET socket (as the speaker must be) pays for its wake-up, next to the speaker's.
 
 #![allow(unsafe_code)]
 
@@ -13,16 +13,20 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use ferrolb_proto::wire::MacAddr;
 
 const ETH_P_ARP: u16 = 0x0806;
+/// Not in the libc crate's Linux constants for every target; since Linux 4.20.
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const ARP_REQUEST: [u8; 2] = [0, 1];
 /// Ethernet header (14) + ARP for IPv4 over Ethernet (28).
 const ARP_FRAME_LEN: usize = 42;
 
 /// Answers ARP requests for `ip` on the interface with index `ifindex` and MAC `mac`, until
-/// the socket fails.
+/// receiving fails. A failed send is reported on stderr (the first, then at each power of
+/// two) and the loop goes on, as a responder must.
 pub fn serve(ifindex: u32, mac: MacAddr, ip: Ipv4Addr) -> io::Result<()> {
     let socket = open(ifindex)?;
     let mut request = [0u8; 2048];
     let mut reply = [0u8; ARP_FRAME_LEN];
+    let mut send_failures = 0u64;
     loop {
         // SAFETY: the buffer is valid for writes of its whole length.
         let len = unsafe {
@@ -43,19 +47,31 @@ pub fn serve(ifindex: u32, mac: MacAddr, ip: Ipv4Addr) -> io::Result<()> {
         if !answer(request.get(..len).unwrap_or_default(), mac, ip, &mut reply) {
             continue;
         }
+        // Never blocks: a full transmit queue loses this reply, as it would the kernel's.
         // SAFETY: the reply is valid for reads of its whole length.
-        unsafe {
+        let sent = unsafe {
             libc::send(
                 socket.as_raw_fd(),
                 reply.as_ptr().cast(),
                 reply.len(),
                 libc::MSG_DONTWAIT,
-            );
+            )
+        };
+        if sent < 0 {
+            send_failures += 1;
+            if send_failures.is_power_of_two() {
+                eprintln!(
+                    "floor: {send_failures} replies not sent so far; last: {}",
+                    io::Error::last_os_error()
+                );
+            }
         }
     }
 }
 
-/// Writes the reply to `frame` into `reply` if `frame` is an ARP request for `ip`.
+/// Writes the reply to `frame` into `reply` if `frame` is an ARP request for `ip`. Hardware
+/// and protocol types and lengths are not checked: the lab carries only Ethernet/IPv4 ARP, and
+/// every check is time the floor must not spend.
 fn answer(frame: &[u8], mac: MacAddr, ip: Ipv4Addr, reply: &mut [u8; ARP_FRAME_LEN]) -> bool {
     let Some(frame) = frame.get(..ARP_FRAME_LEN) else {
         return false;
@@ -99,6 +115,21 @@ fn open(ifindex: u32) -> io::Result<OwnedFd> {
             socket.as_raw_fd(),
             (&raw const address).cast(),
             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Without it every reply would come back to this socket and wake the thread once more.
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a valid c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_IGNORE_OUTGOING,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc < 0 {

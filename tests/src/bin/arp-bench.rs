@@ -400,7 +400,7 @@ impl Report {
             .unwrap_or(0);
         let _ = writeln!(
             out,
-            "\nFerroLB speaker, ARP/NDP figures ({}, started at unix time {secs}; {} cores)",
+            "\nARP/NDP figures of the responder on node 1 ({}, started at unix time {secs}; {} cores)",
             self.responder.0,
             thread::available_parallelism().map_or(0, usize::from)
         );
@@ -714,6 +714,8 @@ fn iface_counter(host: &Host, counter: &str) -> Result<u64> {
 struct LanBench<'a> {
     lab: &'a Lab,
     speaker: Background,
+    /// The responder's column name: "FerroLB", or "floor".
+    responder: &'static str,
     dir: tempfile::TempDir,
 }
 
@@ -726,7 +728,8 @@ impl<'a> LanBench<'a> {
         })
         .with_context(|| {
             format!(
-                "the speaker never answered; log:\n{}",
+                "the {} responder never answered; log:\n{}",
+                responder.name(),
                 speaker.log().unwrap_or_default()
             )
         })?;
@@ -736,7 +739,12 @@ impl<'a> LanBench<'a> {
             .prefix("arp-bench-")
             .tempdir()
             .context("creating a capture directory")?;
-        Ok(LanBench { lab, speaker, dir })
+        Ok(LanBench {
+            lab,
+            speaker,
+            responder: responder.name(),
+            dir,
+        })
     }
 
     fn client(&self) -> &Host {
@@ -751,7 +759,8 @@ impl<'a> LanBench<'a> {
     /// 2-4 ms apart, in random order within each pair.
     fn latency(&self, count: usize, report: &mut Report) -> Result<()> {
         eprintln!(
-            "latency: {count} requests each for FerroLB ({VIP}) and the kernel, interleaved ..."
+            "latency: {count} requests each for {} ({VIP}) and the kernel, interleaved ...",
+            self.responder
         );
         let client = self.client();
         let kernel_ip = self.kernel_ip()?;
@@ -844,7 +853,7 @@ impl<'a> LanBench<'a> {
     fn rates(&self, report: &mut Report) -> Result<()> {
         let kernel_ip = self.kernel_ip()?;
         let mut best = BTreeMap::new();
-        for (who, target) in [("FerroLB", VIP), ("kernel", kernel_ip)] {
+        for (who, target) in [(self.responder, VIP), ("kernel", kernel_ip)] {
             let mut highest: Option<RateStep> = None;
             let mut first_failure: Option<RateStep> = None;
             for &rate in RATE_LADDER {
@@ -906,7 +915,7 @@ impl<'a> LanBench<'a> {
                 _ => ("-".to_owned(), 0.0),
             }
         };
-        let (f, fr) = cell("FerroLB");
+        let (f, fr) = cell(self.responder);
         let (k, kr) = cell("kernel");
         // A rate the client could not exceed says nothing about the responder: no ratio then.
         let limited = |cell: &str| cell.contains("all the client could send");
