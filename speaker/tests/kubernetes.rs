@@ -226,8 +226,9 @@ async fn announcements_become_service_l2_statuses_and_events() {
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn a_record_left_by_the_previous_pod_of_the_node_changes_owner() {
+/// Re-announces demo/web on n2 as `pod` over a record the node's previous pod left, and
+/// returns the record's owners afterwards.
+async fn owners_after_reannouncing_as(pod: Option<Pod>) -> serde_json::Value {
     let server = ApiServer::start().await.unwrap();
     seed(&server);
     let name = status_name("n2", "demo", "web");
@@ -244,7 +245,7 @@ async fn a_record_left_by_the_previous_pod_of_the_node_changes_owner() {
         server.client().unwrap(),
         "metallb-system".into(),
         "n2".into(),
-        Some(speaker_pod("uid-new")),
+        pod,
         reports,
     ));
     tx.send(Report::Announcing {
@@ -270,11 +271,25 @@ async fn a_record_left_by_the_previous_pod_of_the_node_changes_owner() {
                 .is_some_and(|i| i == "eth1"))
             .await
     );
+    drop(tx);
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    recorded()["metadata"]["ownerReferences"].clone()
+}
+
+#[tokio::test]
+async fn a_record_left_by_the_previous_pod_of_the_node_changes_owner() {
     assert_eq!(
-        recorded()["metadata"]["ownerReferences"],
+        owners_after_reannouncing_as(Some(speaker_pod("uid-new"))).await,
         json!([{"apiVersion": "v1", "kind": "Pod", "name": "ferrolb-speaker-x2", "uid": "uid-new"}]),
         "the old pod's deletion must not take the record with it"
     );
-    drop(tx);
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_speaker_without_a_pod_leaves_its_records_without_an_owner() {
+    assert_eq!(
+        owners_after_reannouncing_as(None).await,
+        serde_json::Value::Null,
+        "no stale owner whose deletion would take the record"
+    );
 }
