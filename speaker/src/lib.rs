@@ -5,6 +5,8 @@
 //! - [`interfaces`]: which links may announce (MetalLB's rules), and a netlink link watcher.
 //! - [`responder`]: the pure decision for one received frame (answer, ignore, or conflict).
 //! - [`gratuitous`]: the schedule of announcements after a takeover.
+//! - [`carry`]: which in-flight connections go on to an IP's previous owner after a move;
+//!   [`nftables`] writes the rules that do it.
 //! - [`conflict`]: RFC 5227 / DAD probing before a first announcement.
 //! - [`socket`]: the filtered AF_PACKET socket of one interface, handed to pnet.
 //! - [`fencing`]: whether this node may announce at all (cut off from its peers by its own link).
@@ -17,6 +19,7 @@
 
 pub mod announcements;
 pub mod announcer;
+pub mod carry;
 pub mod conflict;
 pub mod fencing;
 pub mod gratuitous;
@@ -25,6 +28,7 @@ pub mod kubernetes;
 pub mod local_vips;
 pub mod membership;
 pub mod metrics;
+pub mod nftables;
 pub mod node;
 pub mod responder;
 pub mod socket;

@@ -142,6 +142,18 @@ struct RunArgs {
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "FERROLB_METRICS_ADDR", default_value = "0.0.0.0:7473")]
     metrics_addr: SocketAddr,
+    /// After taking an IP over from a node that is still up, send the packets of TCP
+    /// connections made through that node on to it, so a move resets none (nftables table
+    /// `ferrolb`; needs CAP_NET_ADMIN). Off with --local-vip-interface, whose connections end
+    /// on the previous owner's own interface.
+    #[arg(
+        long,
+        env = "FERROLB_CARRY_CONNECTIONS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    carry_connections: bool,
     #[command(flatten)]
     announcer: AnnouncerArgs,
     #[command(flatten)]
@@ -517,7 +529,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // In a cluster a Service without EndpointSlices has no endpoints; in a directory,
         // endpoints are optional and their absence means every node serves.
         endpoints_required: args.state_dir.is_none(),
+        carry_connections: args.carry_connections && local_vips.is_none(),
     };
+    if args.carry_connections && local_vips.is_some() {
+        info!(
+            "not carrying connections across moves: with --local-vip-interface they end on the previous owner's interface"
+        );
+    }
+    let carrying = settings.carry_connections;
     let feeds = Feeds {
         cluster,
         live: membership.live(),
@@ -545,6 +564,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || announcer.shutdown())
         .await
         .context("stopping the announcer")?;
+    if carrying {
+        node::stop_carrying();
+    }
     release_local_vips(local_vips).await;
     let _ = recorder.await;
     info!("stopped");

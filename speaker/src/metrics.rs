@@ -32,6 +32,8 @@ pub struct Metrics {
     rejected: IntCounterVec,
     detection: Histogram,
     fenced: prometheus::IntGauge,
+    carried: prometheus::IntGauge,
+    carry_failures: IntCounter,
 }
 
 fn counter_vec(
@@ -124,6 +126,14 @@ impl Metrics {
                 "ferrolb_speaker_fenced",
                 "1 while this node announces nothing because it is cut off from its peers (lost link, or not joined yet)",
             )?,
+            carried: prometheus::IntGauge::new(
+                "ferrolb_speaker_carried_ips",
+                "IPs this node took over whose in-flight connections it sends on to their previous owner",
+            )?,
+            carry_failures: IntCounter::new(
+                "ferrolb_speaker_carry_failures_total",
+                "Times the kernel refused the nftables rules that carry in-flight connections",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.announced.clone()))?;
@@ -140,6 +150,8 @@ impl Metrics {
         m.registry.register(Box::new(m.rejected.clone()))?;
         m.registry.register(Box::new(m.detection.clone()))?;
         m.registry.register(Box::new(m.fenced.clone()))?;
+        m.registry.register(Box::new(m.carried.clone()))?;
+        m.registry.register(Box::new(m.carry_failures.clone()))?;
         Ok(m)
     }
 
@@ -178,6 +190,14 @@ impl Metrics {
 
     pub fn set_fenced(&self, fenced: bool) {
         self.fenced.set(i64::from(fenced));
+    }
+
+    pub fn set_carried(&self, count: usize) {
+        self.carried.set(count as i64);
+    }
+
+    pub fn carry_failed(&self) {
+        self.carry_failures.inc();
     }
 
     pub fn takeover(&self) {

@@ -15,10 +15,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::announcements::{self, Decision, Inputs, Interfaces};
 use crate::announcer::{Announcer, Event, Events, Intent};
+use crate::carry::{self, Carries};
 use crate::fencing::{self, Fence};
 use crate::interfaces::{ExcludePatterns, Link};
 use crate::membership::{LiveSet, Rejoin};
 use crate::metrics::Metrics;
+use crate::nftables::{CarryRule, Nftables};
 
 /// The cluster as the backend last read it.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +81,9 @@ pub struct NodeSettings {
     pub node_name: String,
     pub lb_class: Option<String>,
     pub endpoints_required: bool,
+    /// Send the in-flight connections of an IP taken over to its previous owner
+    /// ([`crate::carry`]); writes this node's nftables.
+    pub carry_connections: bool,
 }
 
 /// This node's share of the decisions: per Service, its IPs and interfaces.
@@ -91,16 +96,7 @@ pub fn plan(
     settings: &NodeSettings,
 ) -> (Vec<Decision>, Share, BTreeMap<IpAddr, Intent>) {
     let live_names = live.names().map(str::to_owned).collect();
-    let decisions = announcements::decide(&Inputs {
-        services: &cluster.services,
-        pools: &cluster.pools,
-        advertisements: &cluster.advertisements,
-        nodes: &cluster.nodes,
-        endpoint_slices: &cluster.endpoint_slices,
-        live: &live_names,
-        lb_class: settings.lb_class.as_deref(),
-        endpoints_required: settings.endpoints_required,
-    });
+    let decisions = decide(cluster, &live_names, settings);
     let mut share = Share::new();
     let mut owned = BTreeMap::new();
     for (decision, interfaces) in announcements::mine(&decisions, &settings.node_name) {
@@ -121,6 +117,141 @@ pub fn plan(
         share.insert(decision.service.clone(), (decision.ips.clone(), interfaces));
     }
     (decisions, share, owned)
+}
+
+fn decide(cluster: &Cluster, live: &BTreeSet<String>, settings: &NodeSettings) -> Vec<Decision> {
+    announcements::decide(&Inputs {
+        services: &cluster.services,
+        pools: &cluster.pools,
+        advertisements: &cluster.advertisements,
+        nodes: &cluster.nodes,
+        endpoint_slices: &cluster.endpoint_slices,
+        live,
+        lb_class: settings.lb_class.as_deref(),
+        endpoints_required: settings.endpoints_required,
+    })
+}
+
+/// Where `node` is reached for traffic to `ip`, if its kernel still forwards (live, or departed
+/// gracefully): its Node address of `ip`'s family (InternalIP first), else its membership
+/// address if of that family.
+fn reach(cluster: &Cluster, live: &LiveSet, node: &str, ip: IpAddr) -> Option<IpAddr> {
+    let member = live.members.get(node);
+    if member.is_none() && !live.departed.contains(node) {
+        return None;
+    }
+    let same_family = |a: &IpAddr| a.is_ipv4() == ip.is_ipv4();
+    let addresses = cluster
+        .nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(node))
+        .and_then(|n| n.status.as_ref()?.addresses.as_ref());
+    let of_kind = |kind: Option<&str>| {
+        addresses?
+            .iter()
+            .filter(|a| kind.is_none_or(|k| a.type_ == k))
+            .filter_map(|a| a.address.parse::<IpAddr>().ok())
+            .find(same_family)
+    };
+    of_kind(Some("InternalIP"))
+        .or_else(|| of_kind(None))
+        .or_else(|| member.map(|m| m.address.ip()).filter(same_family))
+}
+
+/// This node's nftables carrying connections across moves, and what they hold.
+struct Carrier {
+    nftables: Option<Nftables>,
+    carries: Carries,
+    applied: Option<Vec<CarryRule>>,
+    last_error: Option<String>,
+}
+
+impl Carrier {
+    fn new(enabled: bool, metrics: &Metrics) -> Self {
+        let nftables = if enabled {
+            match Nftables::open() {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    metrics.carry_failed();
+                    tracing::warn!("connections in flight across a move will be reset: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Carrier {
+            nftables,
+            carries: Carries::default(),
+            applied: None,
+            last_error: None,
+        }
+    }
+
+    /// Follows the owned set; writes the rules when they change.
+    fn follow(
+        &mut self,
+        owned: &BTreeSet<IpAddr>,
+        before: &[Decision],
+        cluster: &Cluster,
+        live: &LiveSet,
+        settings: &NodeSettings,
+        metrics: &Metrics,
+    ) {
+        let Some(nftables) = &mut self.nftables else {
+            return;
+        };
+        let without_me = || {
+            let others = live
+                .names()
+                .filter(|n| *n != settings.node_name)
+                .map(str::to_owned)
+                .collect();
+            decide(cluster, &others, settings)
+        };
+        let step = carry::Step {
+            me: &settings.node_name,
+            before,
+            without_me,
+        };
+        let rules = self
+            .carries
+            .step(owned, step, |node, ip| reach(cluster, live, node, ip));
+        if self.applied.as_ref() == Some(&rules) {
+            return;
+        }
+        match nftables.apply(&rules) {
+            Ok(()) => {
+                for (ip, node) in self.carries.carried() {
+                    let already = self
+                        .applied
+                        .as_ref()
+                        .is_some_and(|a| a.iter().any(|r| r.vip == *ip));
+                    if !already {
+                        tracing::info!(%ip, previous = %node, "sending connections in flight through {node} on to it");
+                    }
+                }
+                metrics.set_carried(rules.len());
+                self.applied = Some(rules);
+                self.last_error = None;
+            }
+            Err(e) => {
+                metrics.carry_failed();
+                let text = format!("{e}: {:?}", std::error::Error::source(&e));
+                if self.last_error.as_ref() != Some(&text) {
+                    tracing::warn!("connections in flight across a move will be reset: {text}");
+                }
+                self.last_error = Some(text);
+            }
+        }
+    }
+}
+
+/// Removes FerroLB's nftables tables (at exit: nothing is carried once the speaker is gone).
+pub fn stop_carrying() {
+    if let Err(e) = Nftables::open().and_then(|mut n| n.apply(&[])) {
+        tracing::warn!("removing the nftables tables that carried connections: {e}");
+    }
 }
 
 /// Reports turning the previous share into the next.
@@ -267,6 +398,7 @@ pub async fn run_fenced(
         fence.links(&links, std::time::Instant::now());
         announcer.set_links(links);
     }
+    let mut carrier = Carrier::new(settings.carry_connections, &metrics);
     let mut dirty = true;
     let mut refresh = tokio::time::interval(METRICS_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -307,6 +439,8 @@ pub async fn run_fenced(
                 .as_ref()
                 .is_some_and(|before| !live_names.is_subset(before));
             previous_live = Some(live_names);
+            let owned_ips = owned.keys().copied().collect();
+            carrier.follow(&owned_ips, &decisions, &cluster, &live, &settings, &metrics);
             announcer.set_owned(owned);
             if grew && !next_share.is_empty() {
                 announcer.reannounce();
@@ -481,7 +615,10 @@ mod tests {
                 ((*n).to_owned(), member)
             })
             .collect();
-        LiveSet { members }
+        LiveSet {
+            members,
+            departed: BTreeSet::new(),
+        }
     }
 
     fn settings(node: &str) -> NodeSettings {
@@ -489,6 +626,7 @@ mod tests {
             node_name: node.into(),
             lb_class: None,
             endpoints_required: false,
+            carry_connections: false,
         }
     }
 

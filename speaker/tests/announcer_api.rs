@@ -3,30 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::thread;
 use std::time::{Duration, SystemTime};
 
 use ferrolb_e2e::tools::{arping_every_10ms, arping_until};
-use ferrolb_e2e::{CapturedFrame, Lab, lab_or_skip};
+use ferrolb_e2e::{CapturedFrame, Lab, Namespace, lab_or_skip};
 use ferrolb_proto::wire::{self, ArpOperation, Frame, MacAddr};
 use ferrolb_speaker::interfaces::{self, Link};
 use ferrolb_speaker::{Announcer, AnnouncerConfig, Event, Events, Intent};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 100);
-
-/// Runs `f` on a thread that entered the network namespace `ns` (threads it spawns, like the
-/// announcer's, inherit it).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-        f()
-    })
-    .join()
-    .unwrap_or_else(|_| panic!("the thread in {ns} panicked"))
-}
 
 /// The links of the calling thread's namespace, read once over netlink.
 fn links() -> Vec<Link> {
@@ -41,8 +26,8 @@ fn links() -> Vec<Link> {
     })
 }
 
-fn start_in(ns: &str) -> (Announcer, Events) {
-    in_netns(ns, || {
+fn start_in(ns: &Namespace) -> (Announcer, Events) {
+    ns.within(|| {
         let (announcer, events) =
             Announcer::start(AnnouncerConfig::default()).expect("the announcer starts");
         announcer.set_links(links());
@@ -86,8 +71,8 @@ fn set_owned_moves_the_answers_at_once() {
     lab_or_skip!("arping");
     let lab = Lab::builder().nodes(2).build().unwrap();
     let (client, n1, n2) = (lab.client(), lab.node(1).unwrap(), lab.node(2).unwrap());
-    let (a1, _events1) = start_in(n1.namespace());
-    let (a2, mut events2) = start_in(n2.namespace());
+    let (a1, _events1) = start_in(n1.ns());
+    let (a2, mut events2) = start_in(n2.ns());
 
     a1.set_owned(owned(VIP));
     arping_until(client.ns(), "eth0", VIP, Duration::from_secs(10), |macs| {

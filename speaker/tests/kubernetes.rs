@@ -71,6 +71,7 @@ fn live(names: &[&str]) -> LiveSet {
                 ((*n).to_owned(), member)
             })
             .collect(),
+        departed: Default::default(),
     }
 }
 
@@ -79,6 +80,7 @@ fn settings(node: &str) -> NodeSettings {
         node_name: node.into(),
         lb_class: None,
         endpoints_required: true,
+        carry_connections: false,
     }
 }
 

@@ -40,6 +40,24 @@ impl Namespace {
         &self.name
     }
 
+    /// Runs `f` on a thread that entered this namespace (threads it spawns inherit it), for
+    /// library code under test that must see the namespace's links and tables.
+    ///
+    /// # Panics
+    /// If the namespace cannot be entered, or `f` panics (test code: a failed test).
+    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        let name = self.name.clone();
+        thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("the thread in {name} panicked"))
+    }
+
     pub(crate) fn registry(&self) -> &Arc<ProcessRegistry> {
         &self.registry
     }

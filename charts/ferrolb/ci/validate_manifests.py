@@ -6,7 +6,8 @@
    (ServiceMonitor, PodMonitor, PrometheusRule), whose schemas are not Kubernetes', are skipped,
    by name, and reported.
 2. Shape: the controller runs non-root with a read-only root filesystem and no capability; the
-   speaker uses the host network with ClusterFirstWithHostNet DNS, keeps only NET_RAW, declares
+   speaker uses the host network with ClusterFirstWithHostNet DNS, keeps only NET_RAW (and
+   NET_ADMIN when it carries connections across moves), declares
    its membership port as UDP, takes its node name from the downward API and mounts the
    membership key Secret.
 
@@ -61,8 +62,10 @@ def check_speaker(doc, problems, secrets):
         problems.append(f"{name_of(doc)}: the speaker needs hostNetwork and dnsPolicy ClusterFirstWithHostNet")
     sc = c.get("securityContext") or {}
     caps = sc.get("capabilities") or {}
-    if caps.get("drop") != ["ALL"] or caps.get("add") != ["NET_RAW"]:
-        problems.append(f"{name_of(doc)}: the speaker keeps exactly NET_RAW (drop ALL, add NET_RAW), has {caps}")
+    carrying = env_map(c).get("FERROLB_CARRY_CONNECTIONS", {}).get("value") == "true"
+    wanted = ["NET_RAW", "NET_ADMIN"] if carrying else ["NET_RAW"]
+    if caps.get("drop") != ["ALL"] or caps.get("add") != wanted:
+        problems.append(f"{name_of(doc)}: the speaker keeps exactly {wanted} (drop ALL; NET_ADMIN only to carry connections), has {caps}")
     if sc.get("privileged") or sc.get("allowPrivilegeEscalation") is not False or sc.get("readOnlyRootFilesystem") is not True:
         problems.append(f"{name_of(doc)}: the speaker must not be privileged nor escalate, with a read-only root filesystem")
     if c.get("args", [None])[0] != "run":

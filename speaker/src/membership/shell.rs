@@ -2,12 +2,12 @@
 //! the key ring, feeding [`Swim`] and sending what it asks, and publishing the live set, events
 //! and metrics.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferrolb_proto::gossip::{GossipError, Inbox, KeyRing, NONCE_LEN, Reason};
+use ferrolb_proto::gossip::{GossipError, Inbox, KeyRing, MemberState, NONCE_LEN, Reason};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -18,6 +18,9 @@ use super::{Config, Event, Member, Metrics, Output, Swim};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LiveSet {
     pub members: BTreeMap<String, Member>,
+    /// Members that left gracefully and are still remembered: their speaker stopped, but
+    /// nothing says their node did (connections through them are carried to them).
+    pub departed: BTreeSet<String>,
 }
 
 impl LiveSet {
@@ -249,6 +252,11 @@ fn live_set(members: &[Member]) -> LiveSet {
             .iter()
             .filter(|m| m.is_live())
             .map(|m| (m.name.clone(), m.clone()))
+            .collect(),
+        departed: members
+            .iter()
+            .filter(|m| m.state == MemberState::Left)
+            .map(|m| m.name.clone())
             .collect(),
     }
 }

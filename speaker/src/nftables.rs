@@ -1,0 +1,562 @@
+//! The nftables tables that carry connections in flight across a move ([`crate::carry`]),
+//! written over netlink: the speaker's image has no `nft` binary, and the crates that speak
+//! nftables either need libnftnl/libclang to build or lack the `dup` statement.
+//!
+//! Per family, table `ferrolb` (in `ip` and `ip6`):
+//!
+//! ```text
+//! chain prerouting { type filter hook prerouting priority mangle; policy accept;
+//!     meta l4proto tcp tcp flags & syn == 0 ct state new goto carried }
+//! chain carried {
+//!     ip daddr <vip> dup to <previous owner> drop
+//!     ...
+//! }
+//! ```
+//!
+//! At `mangle` (-150) conntrack has run (-200) and kube-proxy's DNAT (-100) has not. A TCP
+//! packet without SYN that conntrack sees as *new* belongs to a connection this node never saw
+//! (conntrack's loose pickup): it is sent on, unchanged, to the node that owned the IP before
+//! (whose conntrack has it) and dropped here, instead of being NATed here and reset by the
+//! backend. Only such packets reach the per-IP chain, so its length costs nothing to the rest.
+//!
+//! Each change is one netlink batch, applied atomically: create the table (a no-op if it
+//! exists), delete it, and, when anything is carried, define it anew.
+
+use std::io;
+use std::net::IpAddr;
+
+use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+/// The name of FerroLB's table in each family.
+pub const TABLE: &str = "ferrolb";
+
+/// One carried IP: TCP packets of connections unknown here go to `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CarryRule {
+    pub vip: IpAddr,
+    /// The previous owner's address, of the VIP's family (the next hop of the copy).
+    pub to: IpAddr,
+}
+
+// Netlink and nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h).
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+const NLMSG_ERROR: u16 = 2;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 16;
+const NFNL_MSG_BATCH_END: u16 = 17;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+
+// nf_tables (linux/netfilter/nf_tables.h).
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_IP_PRI_MANGLE: i32 = -150;
+const NF_ACCEPT: u32 = 1;
+const NF_DROP: u32 = 0;
+const NFT_GOTO: i32 = -4;
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_REG_1: u32 = 1;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_NEQ: u32 = 1;
+const NFT_META_L4PROTO: u32 = 16;
+const NFT_CT_STATE: u32 = 0;
+/// `NF_CT_STATE_BIT(IP_CT_NEW)`.
+const CT_STATE_NEW: u32 = 1 << 3;
+const IPPROTO_TCP: u8 = 6;
+const TCP_FLAGS_OFFSET: u32 = 13;
+const TCP_SYN: u8 = 0x02;
+
+const HOOKED_CHAIN: &str = "prerouting";
+const CARRIED_CHAIN: &str = "carried";
+
+/// The netlink batch that makes both families' tables carry exactly `rules` (pure; `seq`
+/// numbers the messages from there on).
+pub fn batch(rules: &[CarryRule], seq: u32) -> Vec<u8> {
+    let mut out = Batch::new(seq);
+    out.message(NFNL_MSG_BATCH_BEGIN, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
+    for family in [NFPROTO_IPV4, NFPROTO_IPV6] {
+        let mine: Vec<&CarryRule> = rules
+            .iter()
+            .filter(|r| family_of(r.vip) == family && family_of(r.to) == family)
+            .collect();
+        let table = nft(NFT_MSG_NEWTABLE);
+        out.message(table, NLM_F_CREATE | NLM_F_ACK, family, 0, |m| {
+            m.string(NFTA_TABLE_NAME, TABLE);
+        });
+        out.message(nft(NFT_MSG_DELTABLE), NLM_F_ACK, family, 0, |m| {
+            m.string(NFTA_TABLE_NAME, TABLE);
+        });
+        if mine.is_empty() {
+            continue;
+        }
+        out.message(table, NLM_F_CREATE | NLM_F_ACK, family, 0, |m| {
+            m.string(NFTA_TABLE_NAME, TABLE);
+        });
+        out.message(
+            nft(NFT_MSG_NEWCHAIN),
+            NLM_F_CREATE | NLM_F_ACK,
+            family,
+            0,
+            |m| {
+                m.string(NFTA_CHAIN_TABLE, TABLE);
+                m.string(NFTA_CHAIN_NAME, HOOKED_CHAIN);
+                m.nested(NFTA_CHAIN_HOOK, |h| {
+                    h.u32(NFTA_HOOK_HOOKNUM, NF_INET_PRE_ROUTING);
+                    h.u32(NFTA_HOOK_PRIORITY, NF_IP_PRI_MANGLE as u32);
+                });
+                m.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+                m.string(NFTA_CHAIN_TYPE, "filter");
+            },
+        );
+        out.message(
+            nft(NFT_MSG_NEWCHAIN),
+            NLM_F_CREATE | NLM_F_ACK,
+            family,
+            0,
+            |m| {
+                m.string(NFTA_CHAIN_TABLE, TABLE);
+                m.string(NFTA_CHAIN_NAME, CARRIED_CHAIN);
+            },
+        );
+        rule(&mut out, family, HOOKED_CHAIN, |e| {
+            e.meta(NFT_META_L4PROTO);
+            e.cmp(NFT_CMP_EQ, &[IPPROTO_TCP]);
+            e.payload(NFT_PAYLOAD_TRANSPORT_HEADER, TCP_FLAGS_OFFSET, 1);
+            e.bitwise(&[TCP_SYN], &[0]);
+            e.cmp(NFT_CMP_EQ, &[0]);
+            e.ct(NFT_CT_STATE);
+            e.bitwise(&CT_STATE_NEW.to_ne_bytes(), &[0; 4]);
+            e.cmp(NFT_CMP_NEQ, &[0; 4]);
+            e.goto(CARRIED_CHAIN);
+        });
+        for r in mine {
+            let (daddr_offset, vip, to) = match (r.vip, r.to) {
+                (IpAddr::V4(v), IpAddr::V4(t)) => (16, v.octets().to_vec(), t.octets().to_vec()),
+                (v, t) => (24, octets(v), octets(t)),
+            };
+            rule(&mut out, family, CARRIED_CHAIN, |e| {
+                e.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr_offset, vip.len() as u32);
+                e.cmp(NFT_CMP_EQ, &vip);
+                e.immediate_data(&to);
+                e.dup();
+                e.verdict(NF_DROP);
+            });
+        }
+    }
+    out.message(NFNL_MSG_BATCH_END, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
+    out.bytes
+}
+
+fn nft(message: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | message
+}
+
+fn family_of(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => NFPROTO_IPV4,
+        IpAddr::V6(_) => NFPROTO_IPV6,
+    }
+}
+
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn rule(
+    out: &mut Batch,
+    family: u8,
+    chain: &str,
+    expressions: impl FnOnce(&mut Expressions<'_, '_>),
+) {
+    let flags = NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK;
+    out.message(nft(NFT_MSG_NEWRULE), flags, family, 0, |m| {
+        m.string(NFTA_RULE_TABLE, TABLE);
+        m.string(NFTA_RULE_CHAIN, chain);
+        m.nested(NFTA_RULE_EXPRESSIONS, |list| {
+            expressions(&mut Expressions { list });
+        });
+    });
+}
+
+/// A netlink batch being written.
+struct Batch {
+    bytes: Vec<u8>,
+    seq: u32,
+}
+
+impl Batch {
+    fn new(seq: u32) -> Self {
+        Batch {
+            bytes: Vec::new(),
+            seq,
+        }
+    }
+
+    /// One message: netlink header, nfgenmsg, then the attributes `body` writes.
+    fn message(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        family: u8,
+        res_id: u16,
+        body: impl FnOnce(&mut Attributes<'_>),
+    ) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]); // length, patched below
+        self.bytes.extend_from_slice(&kind.to_ne_bytes());
+        self.bytes
+            .extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        self.bytes.extend_from_slice(&self.seq.to_ne_bytes());
+        self.bytes.extend_from_slice(&0u32.to_ne_bytes());
+        self.bytes.extend_from_slice(&[family, 0]);
+        self.bytes.extend_from_slice(&res_id.to_be_bytes());
+        body(&mut Attributes {
+            bytes: &mut self.bytes,
+        });
+        let len = (self.bytes.len() - start) as u32;
+        self.bytes[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+        self.seq = self.seq.wrapping_add(1);
+    }
+}
+
+/// Netlink attributes appended to a message (values in network order, as nf_tables wants).
+struct Attributes<'a> {
+    bytes: &'a mut Vec<u8>,
+}
+
+impl Attributes<'_> {
+    fn raw(&mut self, kind: u16, value: &[u8]) {
+        let len = 4 + value.len();
+        self.bytes.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.bytes.extend_from_slice(&kind.to_ne_bytes());
+        self.bytes.extend_from_slice(value);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
+    }
+
+    fn string(&mut self, kind: u16, value: &str) {
+        let mut with_nul = value.as_bytes().to_vec();
+        with_nul.push(0);
+        self.raw(kind, &with_nul);
+    }
+
+    fn u32(&mut self, kind: u16, value: u32) {
+        self.raw(kind, &value.to_be_bytes());
+    }
+
+    fn nested(&mut self, kind: u16, body: impl FnOnce(&mut Attributes<'_>)) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 2]); // length, patched below
+        self.bytes
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        body(&mut Attributes { bytes: self.bytes });
+        let len = (self.bytes.len() - start) as u16;
+        self.bytes[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+}
+
+/// The expressions of one rule, all working in register 1.
+struct Expressions<'a, 'b> {
+    list: &'a mut Attributes<'b>,
+}
+
+impl Expressions<'_, '_> {
+    fn expression(&mut self, name: &str, data: impl FnOnce(&mut Attributes<'_>)) {
+        self.list.nested(NFTA_LIST_ELEM, |e| {
+            e.string(NFTA_EXPR_NAME, name);
+            e.nested(NFTA_EXPR_DATA, data);
+        });
+    }
+
+    fn payload(&mut self, base: u32, offset: u32, len: u32) {
+        self.expression("payload", |d| {
+            d.u32(1, NFT_REG_1); // NFTA_PAYLOAD_DREG
+            d.u32(2, base); // NFTA_PAYLOAD_BASE
+            d.u32(3, offset); // NFTA_PAYLOAD_OFFSET
+            d.u32(4, len); // NFTA_PAYLOAD_LEN
+        });
+    }
+
+    fn meta(&mut self, key: u32) {
+        self.expression("meta", |d| {
+            d.u32(1, NFT_REG_1); // NFTA_META_DREG
+            d.u32(2, key); // NFTA_META_KEY
+        });
+    }
+
+    fn ct(&mut self, key: u32) {
+        self.expression("ct", |d| {
+            d.u32(1, NFT_REG_1); // NFTA_CT_DREG
+            d.u32(2, key); // NFTA_CT_KEY
+        });
+    }
+
+    fn cmp(&mut self, op: u32, value: &[u8]) {
+        self.expression("cmp", |d| {
+            d.u32(1, NFT_REG_1); // NFTA_CMP_SREG
+            d.u32(2, op); // NFTA_CMP_OP
+            d.nested(3, |v| v.raw(NFTA_DATA_VALUE, value)); // NFTA_CMP_DATA
+        });
+    }
+
+    /// register 1 = (register 1 & mask) ^ xor.
+    fn bitwise(&mut self, mask: &[u8], xor: &[u8]) {
+        self.expression("bitwise", |d| {
+            d.u32(1, NFT_REG_1); // NFTA_BITWISE_SREG
+            d.u32(2, NFT_REG_1); // NFTA_BITWISE_DREG
+            d.u32(3, mask.len() as u32); // NFTA_BITWISE_LEN
+            d.nested(4, |v| v.raw(NFTA_DATA_VALUE, mask)); // NFTA_BITWISE_MASK
+            d.nested(5, |v| v.raw(NFTA_DATA_VALUE, xor)); // NFTA_BITWISE_XOR
+        });
+    }
+
+    fn immediate_data(&mut self, value: &[u8]) {
+        self.expression("immediate", |d| {
+            d.u32(1, NFT_REG_1); // NFTA_IMMEDIATE_DREG
+            d.nested(2, |v| v.raw(NFTA_DATA_VALUE, value)); // NFTA_IMMEDIATE_DATA
+        });
+    }
+
+    /// A copy of the packet to the address in register 1.
+    fn dup(&mut self) {
+        self.expression("dup", |d| d.u32(1, NFT_REG_1)); // NFTA_DUP_SREG_ADDR
+    }
+
+    fn verdict(&mut self, code: u32) {
+        self.expression("immediate", |d| {
+            d.u32(1, NFT_REG_VERDICT);
+            d.nested(2, |data| {
+                data.nested(NFTA_DATA_VERDICT, |v| v.u32(NFTA_VERDICT_CODE, code));
+            });
+        });
+    }
+
+    fn goto(&mut self, chain: &str) {
+        self.expression("immediate", |d| {
+            d.u32(1, NFT_REG_VERDICT);
+            d.nested(2, |data| {
+                data.nested(NFTA_DATA_VERDICT, |v| {
+                    v.u32(NFTA_VERDICT_CODE, NFT_GOTO as u32);
+                    v.string(NFTA_VERDICT_CHAIN, chain);
+                });
+            });
+        });
+    }
+}
+
+/// Why the kernel refused a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum NftablesError {
+    #[error("opening a NETLINK_NETFILTER socket")]
+    Open(#[source] io::Error),
+    #[error("sending the nftables batch")]
+    Send(#[source] io::Error),
+    #[error("reading the kernel's answer to the nftables batch")]
+    Receive(#[source] io::Error),
+    #[error(
+        "the kernel refused table {TABLE}: {0} (needs CAP_NET_ADMIN and nf_tables with the dup and ct expressions)"
+    )]
+    Refused(#[source] io::Error),
+    #[error("the kernel did not acknowledge the nftables batch")]
+    Unacknowledged,
+}
+
+/// FerroLB's nftables tables on this node.
+pub struct Nftables {
+    socket: Socket,
+    seq: u32,
+}
+
+impl std::fmt::Debug for Nftables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nftables").field("seq", &self.seq).finish()
+    }
+}
+
+impl Nftables {
+    pub fn open() -> Result<Self, NftablesError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NftablesError::Open)?;
+        socket.bind_auto().map_err(NftablesError::Open)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NftablesError::Open)?;
+        Ok(Nftables { socket, seq: 1 })
+    }
+
+    /// Makes the tables carry exactly `rules` (none: the tables are removed), atomically.
+    pub fn apply(&mut self, rules: &[CarryRule]) -> Result<(), NftablesError> {
+        let bytes = batch(rules, self.seq);
+        // At most two batch markers, six messages per family, and one per rule.
+        self.seq = self.seq.wrapping_add(14 + rules.len() as u32);
+        self.socket.send(&bytes, 0).map_err(NftablesError::Send)?;
+        // nfnetlink handles a batch inside sendmsg: every answer is queued when it returns.
+        let mut acknowledged = false;
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        loop {
+            buf.clear();
+            match self.socket.recv(&mut buf, libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(NftablesError::Receive(e)),
+            }
+            for errno in acks(&buf) {
+                if errno != 0 {
+                    // The first error aborts the whole batch; the rest are its echoes.
+                    return Err(NftablesError::Refused(io::Error::from_raw_os_error(-errno)));
+                }
+                acknowledged = true;
+            }
+        }
+        if acknowledged {
+            Ok(())
+        } else {
+            Err(NftablesError::Unacknowledged)
+        }
+    }
+}
+
+/// The error codes of the NLMSG_ERROR messages in `buf` (0: acknowledged).
+fn acks(mut buf: &[u8]) -> Vec<i32> {
+    let mut codes = Vec::new();
+    while buf.len() >= 20 {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        if len < 16 || len > buf.len() {
+            break;
+        }
+        if kind == NLMSG_ERROR {
+            codes.push(i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]));
+        }
+        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
+    }
+    codes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Splits a batch into (type, flags, family, attributes) per message.
+    fn messages(mut bytes: &[u8]) -> Vec<(u16, u16, u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let len = u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize;
+            assert_eq!(len % 4, 0, "messages stay aligned");
+            let kind = u16::from_ne_bytes(bytes[4..6].try_into().unwrap());
+            let flags = u16::from_ne_bytes(bytes[6..8].try_into().unwrap());
+            out.push((kind, flags, bytes[16], bytes[20..len].to_vec()));
+            bytes = &bytes[len..];
+        }
+        out
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn nothing_carried_removes_both_tables_in_one_batch() {
+        let msgs = messages(&batch(&[], 7));
+        let kinds: Vec<(u16, u8)> = msgs.iter().map(|m| (m.0, m.2)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (NFNL_MSG_BATCH_BEGIN, 0),
+                (nft(NFT_MSG_NEWTABLE), NFPROTO_IPV4),
+                (nft(NFT_MSG_DELTABLE), NFPROTO_IPV4),
+                (nft(NFT_MSG_NEWTABLE), NFPROTO_IPV6),
+                (nft(NFT_MSG_DELTABLE), NFPROTO_IPV6),
+                (NFNL_MSG_BATCH_END, 0),
+            ]
+        );
+        assert!(msgs[1..5].iter().all(|m| m.1 & NLM_F_ACK != 0));
+    }
+
+    #[test]
+    fn each_rule_lands_in_its_family_with_its_addresses() {
+        let rules = [
+            CarryRule {
+                vip: "10.250.0.100".parse().unwrap(),
+                to: "10.250.0.1".parse().unwrap(),
+            },
+            CarryRule {
+                vip: "fd00:250::100".parse().unwrap(),
+                to: "fd00:250::1".parse().unwrap(),
+            },
+            // Families mixed: nothing can carry it.
+            CarryRule {
+                vip: "10.250.0.101".parse().unwrap(),
+                to: "fd00:250::1".parse().unwrap(),
+            },
+        ];
+        let msgs = messages(&batch(&rules, 1));
+        let rules_of = |family| -> Vec<&Vec<u8>> {
+            msgs.iter()
+                .filter(|m| m.0 == nft(NFT_MSG_NEWRULE) && m.2 == family)
+                .map(|m| &m.3)
+                .collect()
+        };
+        let v4 = rules_of(NFPROTO_IPV4);
+        assert_eq!(v4.len(), 2, "the hooked rule and one carried IP");
+        assert!(contains(v4[1], &[10, 250, 0, 100]) && contains(v4[1], &[10, 250, 0, 1]));
+        assert!(!msgs.iter().any(|m| contains(&m.3, &[10, 250, 0, 101])));
+        let v6 = rules_of(NFPROTO_IPV6);
+        assert_eq!(v6.len(), 2);
+        let vip6: std::net::Ipv6Addr = "fd00:250::100".parse().unwrap();
+        assert!(contains(v6[1], &vip6.octets()));
+        assert!(
+            contains(v6[0], b"carried\0"),
+            "the hooked rule jumps to the list"
+        );
+    }
+
+    #[test]
+    fn acks_are_read_and_garbage_is_not() {
+        let mut answer = Vec::new();
+        for errno in [0i32, -1] {
+            answer.extend_from_slice(&36u32.to_ne_bytes());
+            answer.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+            answer.extend_from_slice(&[0; 10]);
+            answer.extend_from_slice(&errno.to_ne_bytes());
+            answer.extend_from_slice(&[0; 16]);
+        }
+        assert_eq!(acks(&answer), vec![0, -1]);
+        assert!(acks(&[0xff; 7]).is_empty());
+        assert!(acks(&[0xff; 64]).is_empty());
+    }
+}

@@ -1,0 +1,69 @@
+//! The carry rules written over netlink, read back with `nft` inside a lab node: the kernel
+//! takes the batch, the ruleset is the one documented, a new set replaces the old one whole,
+//! and an empty set leaves no table behind.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use ferrolb_e2e::{Lab, Namespace, lab_or_skip};
+use ferrolb_speaker::nftables::{CarryRule, Nftables};
+
+fn apply(ns: &Namespace, rules: Vec<CarryRule>) {
+    ns.within(move || Nftables::open().unwrap().apply(&rules).unwrap());
+}
+
+fn listed(ns: &Namespace) -> String {
+    let out = ns.run(["nft", "list", "ruleset"]).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn rule(vip: &str, to: &str) -> CarryRule {
+    CarryRule {
+        vip: vip.parse().unwrap(),
+        to: to.parse().unwrap(),
+    }
+}
+
+#[test]
+fn carry_rules_replace_each_other_whole_and_leave_nothing_when_empty() {
+    lab_or_skip!("nft");
+    let lab = Lab::builder().nodes(1).build().unwrap();
+    let ns = lab.nodes()[0].ns().clone();
+
+    apply(
+        &ns,
+        vec![
+            rule("10.250.0.100", "10.250.0.2"),
+            rule("10.250.0.101", "10.250.0.3"),
+            rule("fd00:250::100", "fd00:250::2"),
+        ],
+    );
+    let text = listed(&ns);
+    for line in [
+        "table ip ferrolb {",
+        "type filter hook prerouting priority mangle; policy accept;",
+        "tcp flags ! syn ct state new goto carried",
+        "ip daddr 10.250.0.100 dup to 10.250.0.2 drop",
+        "ip daddr 10.250.0.101 dup to 10.250.0.3 drop",
+        "table ip6 ferrolb {",
+        "ip6 daddr fd00:250::100 dup to fd00:250::2 drop",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+
+    apply(&ns, vec![rule("10.250.0.102", "10.250.0.3")]);
+    let text = listed(&ns);
+    assert!(
+        text.contains("ip daddr 10.250.0.102 dup to 10.250.0.3 drop"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("10.250.0.100"),
+        "the old rules are gone:\n{text}"
+    );
+    assert!(!text.contains("table ip6 ferrolb"), "{text}");
+
+    apply(&ns, vec![]);
+    apply(&ns, vec![]);
+    assert!(!listed(&ns).contains("ferrolb {"), "no table is left");
+    lab.teardown().unwrap();
+}
