@@ -93,6 +93,9 @@ const IPPROTO_TCP: u8 = 6;
 const TCP_FLAGS_OFFSET: u32 = 13;
 const TCP_SYN: u8 = 0x02;
 
+/// Batches up to this size fit any default socket buffer.
+const SMALL_BATCH: usize = 64 * 1024;
+
 const HOOKED_CHAIN: &str = "prerouting";
 const CARRIED_CHAIN: &str = "carried";
 
@@ -192,13 +195,15 @@ fn octets(ip: IpAddr) -> Vec<u8> {
     }
 }
 
+/// Rules ask for no acknowledgement: each ack costs the receive buffer a whole skb, and
+/// thousands would overflow it. A refused rule is still answered with its error.
 fn rule(
     out: &mut Batch,
     family: u8,
     chain: &str,
     expressions: impl FnOnce(&mut Expressions<'_, '_>),
 ) {
-    let flags = NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK;
+    let flags = NLM_F_CREATE | NLM_F_APPEND;
     out.message(nft(NFT_MSG_NEWRULE), flags, family, 0, |m| {
         m.string(NFTA_RULE_TABLE, TABLE);
         m.string(NFTA_RULE_CHAIN, chain);
@@ -412,6 +417,9 @@ impl Nftables {
     pub fn open() -> Result<Self, NftablesError> {
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NftablesError::Open)?;
         socket.bind_auto().map_err(NftablesError::Open)?;
+        // Errors without the refused message echoed back: a refused batch of thousands of
+        // rules must not overflow the receive buffer.
+        socket.set_cap_ack(true).map_err(NftablesError::Open)?;
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(NftablesError::Open)?;
@@ -423,6 +431,13 @@ impl Nftables {
         let bytes = batch(rules, self.seq);
         // At most two batch markers, six messages per family, and one per rule.
         self.seq = self.seq.wrapping_add(14 + rules.len() as u32);
+        // One batch is one datagram: thousands of rules outgrow the default send buffer
+        // (net.core.wmem_max); CAP_NET_ADMIN, which writing the rules needs anyway, lifts it.
+        if bytes.len() > SMALL_BATCH {
+            let size = libc::c_int::try_from(bytes.len() + SMALL_BATCH).unwrap_or(libc::c_int::MAX);
+            crate::socket::set_option(&self.socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &size)
+                .map_err(NftablesError::Send)?;
+        }
         self.socket.send(&bytes, 0).map_err(NftablesError::Send)?;
         // nfnetlink handles a batch inside sendmsg: every answer is queued when it returns.
         let mut acknowledged = false;
@@ -504,7 +519,10 @@ mod tests {
                 (NFNL_MSG_BATCH_END, 0),
             ]
         );
-        assert!(msgs[1..5].iter().all(|m| m.1 & NLM_F_ACK != 0));
+        assert!(
+            msgs[1..5].iter().all(|m| m.1 & NLM_F_ACK != 0),
+            "tables are acknowledged"
+        );
     }
 
     #[test]

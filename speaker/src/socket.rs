@@ -316,8 +316,8 @@ fn send(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
 }
 
 /// `setsockopt(2)` with an integer-sized (or any plain) value.
-fn set_option<T>(
-    fd: &OwnedFd,
+pub(crate) fn set_option<T>(
+    fd: &impl AsRawFd,
     level: libc::c_int,
     option: libc::c_int,
     value: &T,

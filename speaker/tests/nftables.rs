@@ -67,3 +67,27 @@ fn carry_rules_replace_each_other_whole_and_leave_nothing_when_empty() {
     assert!(!listed(&ns).contains("ferrolb {"), "no table is left");
     lab.teardown().unwrap();
 }
+
+/// A node that took over thousands of IPs at once (its peers all restarted) carries them all.
+#[test]
+fn thousands_of_carried_ips_fit_one_batch() {
+    lab_or_skip!("nft");
+    let lab = Lab::builder().nodes(1).build().unwrap();
+    let ns = lab.nodes()[0].ns().clone();
+    let n: u32 = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
+    let rules: Vec<CarryRule> = (0..n)
+        .map(|i| CarryRule {
+            vip: std::net::IpAddr::from([10, 251, (i >> 8) as u8, i as u8]),
+            to: "10.250.0.2".parse().unwrap(),
+        })
+        .collect();
+    apply(&ns, rules);
+    let text = listed(&ns);
+    assert_eq!(text.matches("dup to 10.250.0.2 drop").count(), n as usize);
+    apply(&ns, vec![]);
+    assert!(!listed(&ns).contains("ferrolb {"));
+    lab.teardown().unwrap();
+}
