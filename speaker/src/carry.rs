@@ -18,9 +18,11 @@
 //! when that node is declared dead or forgotten by the membership (a crashed node's
 //! connections are gone; a reset is then the better answer than silence).
 //!
-//! Who announced the IP before: the owner of the previous decision, when another node; else
-//! (this node just joined, or ran its first decision alone) the node the election picks
-//! without this one, which is the node that held the IP while this one was away.
+//! Who announced the IP before: the owner of the previous decision, when another node. When
+//! the previous decision gave the IP to this node itself without it holding the IP (it
+//! decided alone before joining, or while fenced), the node the election picks without this
+//! one: the node that held the IP while this one was away. An IP nobody was given before (a
+//! new Service) is carried nowhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -74,18 +76,16 @@ impl Carries {
         let mut alternative: Option<Vec<Decision>> = None;
         for ip in owned.difference(&self.held) {
             let previous = match announced_by(step.before, *ip) {
-                Before::Node(node) if node != step.me => Some(node.to_owned()),
-                Before::Nobody => None,
-                // Decided for this node (alone, or while fenced), or not decided yet.
-                Before::Node(_) | Before::Undecided => {
+                Some(node) if node != step.me => Some(node),
+                // Given to this node, which did not hold it: alone before joining, or fenced.
+                Some(_) => {
                     let decisions = alternative
                         .get_or_insert_with(|| without_me.take().map(|w| w()).unwrap_or_default());
-                    match announced_by(decisions, *ip) {
-                        Before::Node(node) if node != step.me => Some(node.to_owned()),
-                        _ => None,
-                    }
+                    announced_by(decisions, *ip).filter(|node| *node != step.me)
                 }
-            };
+                None => None,
+            }
+            .map(str::to_owned);
             if let Some(node) = previous {
                 self.from.insert(*ip, node);
             }
@@ -108,24 +108,15 @@ impl Carries {
     }
 }
 
-/// What a set of decisions says about one IP.
-enum Before<'a> {
-    Node(&'a str),
-    /// Decided, and announced by nobody (a new Service, or no candidate).
-    Nobody,
-    /// No decision for it.
-    Undecided,
-}
-
-fn announced_by(decisions: &[Decision], ip: IpAddr) -> Before<'_> {
-    match decisions.iter().find(|d| d.ips.contains(&ip)) {
-        Some(Decision {
-            outcome: Outcome::Announced { node, .. },
-            ..
-        }) => Before::Node(node),
-        Some(_) => Before::Nobody,
-        None => Before::Undecided,
-    }
+/// The node `decisions` give `ip` to, if any.
+fn announced_by(decisions: &[Decision], ip: IpAddr) -> Option<&str> {
+    decisions
+        .iter()
+        .find(|d| d.ips.contains(&ip))
+        .and_then(|d| match &d.outcome {
+            Outcome::Announced { node, .. } => Some(node.as_str()),
+            Outcome::NotAnnounced(_) => None,
+        })
 }
 
 #[cfg(test)]
@@ -238,8 +229,9 @@ mod tests {
         for (before, without_me) in [
             // A Service nobody announced before: nothing to carry, whoever would hold it.
             (decided(None), decided(Some("n3"))),
+            // A Service new since the last step, or the first step: the same.
+            (vec![], decided(Some("n3"))),
             (decided(Some("n2")), decided(Some("n2"))),
-            (vec![], vec![]),
         ] {
             let mut carries = Carries::default();
             let step = Step {
@@ -257,7 +249,7 @@ mod tests {
         let step = Step {
             me: "n2",
             before: &[],
-            without_me: || decided(Some("n2")),
+            without_me: never,
         };
         assert!(carries.step(&owned(&[VIP]), step, everyone).is_empty());
         // The previous decisions now name another node, but the IP never left this one.

@@ -48,8 +48,8 @@ const NLA_F_NESTED: u16 = 0x8000;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_IPV6: u8 = 10;
 
 // nf_tables (linux/netfilter/nf_tables.h).
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -89,9 +89,13 @@ const NFT_META_L4PROTO: u32 = 16;
 const NFT_CT_STATE: u32 = 0;
 /// `NF_CT_STATE_BIT(IP_CT_NEW)`.
 const CT_STATE_NEW: u32 = 1 << 3;
+/// `NF_CT_STATE_INVALID_BIT`.
+const CT_STATE_INVALID: u32 = 1;
 const IPPROTO_TCP: u8 = 6;
 const TCP_FLAGS_OFFSET: u32 = 13;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 
 /// Batches up to this size fit any default socket buffer.
 const SMALL_BATCH: usize = 64 * 1024;
@@ -99,71 +103,68 @@ const SMALL_BATCH: usize = 64 * 1024;
 const HOOKED_CHAIN: &str = "prerouting";
 const CARRIED_CHAIN: &str = "carried";
 
-/// The netlink batch that makes both families' tables carry exactly `rules` (pure; `seq`
-/// numbers the messages from there on).
-pub fn batch(rules: &[CarryRule], seq: u32) -> Vec<u8> {
+/// What a batch leaves behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The family's table carries exactly the given rules (none: no table).
+    Carry,
+    /// The table is built with the rules and deleted again in the same batch: the kernel
+    /// checks permissions and loads the expressions' modules, and nothing remains.
+    Probe,
+}
+
+/// The netlink batch that makes `family`'s table (`NFPROTO_IPV4` or `NFPROTO_IPV6`) carry
+/// exactly its share of `rules`, in one transaction (pure; `seq` numbers the messages from
+/// there on, and the batch says how many it used).
+pub fn batch(family: u8, rules: &[CarryRule], outcome: Outcome, seq: u32) -> (Vec<u8>, u32) {
+    let mine: Vec<&CarryRule> = rules
+        .iter()
+        .filter(|r| family_of(r.vip) == family && family_of(r.to) == family)
+        .collect();
     let mut out = Batch::new(seq);
     out.message(NFNL_MSG_BATCH_BEGIN, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
-    for family in [NFPROTO_IPV4, NFPROTO_IPV6] {
-        let mine: Vec<&CarryRule> = rules
-            .iter()
-            .filter(|r| family_of(r.vip) == family && family_of(r.to) == family)
-            .collect();
-        let table = nft(NFT_MSG_NEWTABLE);
-        out.message(table, NLM_F_CREATE | NLM_F_ACK, family, 0, |m| {
-            m.string(NFTA_TABLE_NAME, TABLE);
+    let table = |m: &mut Attributes<'_>| m.string(NFTA_TABLE_NAME, TABLE);
+    out.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, family, table);
+    out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, family, table);
+    if !mine.is_empty() {
+        out.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, family, table);
+        out.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, family, |m| {
+            m.string(NFTA_CHAIN_TABLE, TABLE);
+            m.string(NFTA_CHAIN_NAME, HOOKED_CHAIN);
+            m.nested(NFTA_CHAIN_HOOK, |h| {
+                h.u32(NFTA_HOOK_HOOKNUM, NF_INET_PRE_ROUTING);
+                h.u32(NFTA_HOOK_PRIORITY, NF_IP_PRI_MANGLE as u32);
+            });
+            m.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+            m.string(NFTA_CHAIN_TYPE, "filter");
         });
-        out.message(nft(NFT_MSG_DELTABLE), NLM_F_ACK, family, 0, |m| {
-            m.string(NFTA_TABLE_NAME, TABLE);
+        out.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, family, |m| {
+            m.string(NFTA_CHAIN_TABLE, TABLE);
+            m.string(NFTA_CHAIN_NAME, CARRIED_CHAIN);
         });
-        if mine.is_empty() {
-            continue;
-        }
-        out.message(table, NLM_F_CREATE | NLM_F_ACK, family, 0, |m| {
-            m.string(NFTA_TABLE_NAME, TABLE);
-        });
-        out.message(
-            nft(NFT_MSG_NEWCHAIN),
-            NLM_F_CREATE | NLM_F_ACK,
-            family,
-            0,
-            |m| {
-                m.string(NFTA_CHAIN_TABLE, TABLE);
-                m.string(NFTA_CHAIN_NAME, HOOKED_CHAIN);
-                m.nested(NFTA_CHAIN_HOOK, |h| {
-                    h.u32(NFTA_HOOK_HOOKNUM, NF_INET_PRE_ROUTING);
-                    h.u32(NFTA_HOOK_PRIORITY, NF_IP_PRI_MANGLE as u32);
-                });
-                m.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
-                m.string(NFTA_CHAIN_TYPE, "filter");
-            },
-        );
-        out.message(
-            nft(NFT_MSG_NEWCHAIN),
-            NLM_F_CREATE | NLM_F_ACK,
-            family,
-            0,
-            |m| {
-                m.string(NFTA_CHAIN_TABLE, TABLE);
-                m.string(NFTA_CHAIN_NAME, CARRIED_CHAIN);
-            },
-        );
+        // A packet of a connection this node never saw: an ACK (conntrack picks it up as
+        // new) ...
         rule(&mut out, family, HOOKED_CHAIN, |e| {
-            e.meta(NFT_META_L4PROTO);
-            e.cmp(NFT_CMP_EQ, &[IPPROTO_TCP]);
-            e.payload(NFT_PAYLOAD_TRANSPORT_HEADER, TCP_FLAGS_OFFSET, 1);
-            e.bitwise(&[TCP_SYN], &[0]);
-            e.cmp(NFT_CMP_EQ, &[0]);
-            e.ct(NFT_CT_STATE);
-            e.bitwise(&CT_STATE_NEW.to_ne_bytes(), &[0; 4]);
-            e.cmp(NFT_CMP_NEQ, &[0; 4]);
+            e.tcp_flags(TCP_SYN, 0);
+            e.ct_state(CT_STATE_NEW);
             e.goto(CARRIED_CHAIN);
         });
+        // ... or a FIN or RST (conntrack finds no state to pick up: invalid). Both are
+        // invalid on any node that does not know the connection, so nothing else is lost.
+        rule(&mut out, family, HOOKED_CHAIN, |e| {
+            e.tcp_flags(TCP_SYN | TCP_FIN | TCP_RST, TCP_FIN);
+            e.ct_state(CT_STATE_INVALID);
+            e.goto(CARRIED_CHAIN);
+        });
+        rule(&mut out, family, HOOKED_CHAIN, |e| {
+            e.tcp_flags(TCP_SYN | TCP_RST, TCP_RST);
+            e.ct_state(CT_STATE_INVALID);
+            e.goto(CARRIED_CHAIN);
+        });
+        // The destination address: offset 16 in an IPv4 header, 24 in an IPv6 one.
+        let daddr_offset = if family == NFPROTO_IPV4 { 16 } else { 24 };
         for r in mine {
-            let (daddr_offset, vip, to) = match (r.vip, r.to) {
-                (IpAddr::V4(v), IpAddr::V4(t)) => (16, v.octets().to_vec(), t.octets().to_vec()),
-                (v, t) => (24, octets(v), octets(t)),
-            };
+            let (vip, to) = (octets(r.vip), octets(r.to));
             rule(&mut out, family, CARRIED_CHAIN, |e| {
                 e.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr_offset, vip.len() as u32);
                 e.cmp(NFT_CMP_EQ, &vip);
@@ -172,9 +173,13 @@ pub fn batch(rules: &[CarryRule], seq: u32) -> Vec<u8> {
                 e.verdict(NF_DROP);
             });
         }
+        if outcome == Outcome::Probe {
+            out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, family, table);
+        }
     }
     out.message(NFNL_MSG_BATCH_END, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
-    out.bytes
+    let used = out.seq.wrapping_sub(seq);
+    (out.bytes, used)
 }
 
 fn nft(message: u16) -> u16 {
@@ -203,8 +208,7 @@ fn rule(
     chain: &str,
     expressions: impl FnOnce(&mut Expressions<'_, '_>),
 ) {
-    let flags = NLM_F_CREATE | NLM_F_APPEND;
-    out.message(nft(NFT_MSG_NEWRULE), flags, family, 0, |m| {
+    out.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, family, |m| {
         m.string(NFTA_RULE_TABLE, TABLE);
         m.string(NFTA_RULE_CHAIN, chain);
         m.nested(NFTA_RULE_EXPRESSIONS, |list| {
@@ -251,6 +255,17 @@ impl Batch {
         let len = (self.bytes.len() - start) as u32;
         self.bytes[start..start + 4].copy_from_slice(&len.to_ne_bytes());
         self.seq = self.seq.wrapping_add(1);
+    }
+
+    /// One nf_tables message.
+    fn nft(
+        &mut self,
+        message: u16,
+        flags: u16,
+        family: u8,
+        body: impl FnOnce(&mut Attributes<'_>),
+    ) {
+        self.message(nft(message), flags, family, 0, body);
     }
 }
 
@@ -306,6 +321,22 @@ impl Expressions<'_, '_> {
             e.string(NFTA_EXPR_NAME, name);
             e.nested(NFTA_EXPR_DATA, data);
         });
+    }
+
+    /// The TCP flags under `mask` equal `value`.
+    fn tcp_flags(&mut self, mask: u8, value: u8) {
+        self.meta(NFT_META_L4PROTO);
+        self.cmp(NFT_CMP_EQ, &[IPPROTO_TCP]);
+        self.payload(NFT_PAYLOAD_TRANSPORT_HEADER, TCP_FLAGS_OFFSET, 1);
+        self.bitwise(&[mask], &[0]);
+        self.cmp(NFT_CMP_EQ, &[value]);
+    }
+
+    /// Conntrack's state has one of the `bits`.
+    fn ct_state(&mut self, bits: u32) {
+        self.ct(NFT_CT_STATE);
+        self.bitwise(&bits.to_ne_bytes(), &[0; 4]);
+        self.cmp(NFT_CMP_NEQ, &[0; 4]);
     }
 
     fn payload(&mut self, base: u32, offset: u32, len: u32) {
@@ -394,9 +425,13 @@ pub enum NftablesError {
     #[error("reading the kernel's answer to the nftables batch")]
     Receive(#[source] io::Error),
     #[error(
-        "the kernel refused table {TABLE}: {0} (needs CAP_NET_ADMIN and nf_tables with the dup and ct expressions)"
+        "the kernel refused table {family} {TABLE}: {source} (needs CAP_NET_ADMIN, and nf_tables with the dup and ct expressions)"
     )]
-    Refused(#[source] io::Error),
+    Refused {
+        family: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("the kernel did not acknowledge the nftables batch")]
     Unacknowledged,
 }
@@ -426,11 +461,45 @@ impl Nftables {
         Ok(Nftables { socket, seq: 1 })
     }
 
-    /// Makes the tables carry exactly `rules` (none: the tables are removed), atomically.
+    /// Makes the tables carry exactly `rules` (none: the tables are removed); each family in
+    /// one transaction.
     pub fn apply(&mut self, rules: &[CarryRule]) -> Result<(), NftablesError> {
-        let bytes = batch(rules, self.seq);
-        // At most two batch markers, six messages per family, and one per rule.
-        self.seq = self.seq.wrapping_add(14 + rules.len() as u32);
+        self.run(rules, Outcome::Carry)
+    }
+
+    /// Builds a table with one rule per family and deletes it in the same transaction: fails
+    /// as a real change would (permissions, missing nf_tables expressions), loads the modules
+    /// ahead of the first takeover, and removes any table a previous run left.
+    pub fn probe(&mut self) -> Result<(), NftablesError> {
+        let rules = [
+            CarryRule {
+                vip: IpAddr::from([192, 0, 2, 1]),
+                to: IpAddr::from([192, 0, 2, 2]),
+            },
+            CarryRule {
+                vip: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+                to: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2]),
+            },
+        ];
+        self.run(&rules, Outcome::Probe)
+    }
+
+    /// Both families, each on its own: a kernel without IPv6 nf_tables still carries IPv4.
+    fn run(&mut self, rules: &[CarryRule], outcome: Outcome) -> Result<(), NftablesError> {
+        let v4 = self.transaction(NFPROTO_IPV4, rules, outcome);
+        let v6 = self.transaction(NFPROTO_IPV6, rules, outcome);
+        v4.and(v6)
+    }
+
+    fn transaction(
+        &mut self,
+        family: u8,
+        rules: &[CarryRule],
+        outcome: Outcome,
+    ) -> Result<(), NftablesError> {
+        let first = self.seq;
+        let (bytes, used) = batch(family, rules, outcome, first);
+        self.seq = self.seq.wrapping_add(used);
         // One batch is one datagram: thousands of rules outgrow the default send buffer
         // (net.core.wmem_max); CAP_NET_ADMIN, which writing the rules needs anyway, lifts it.
         if bytes.len() > SMALL_BATCH {
@@ -440,42 +509,56 @@ impl Nftables {
         }
         self.socket.send(&bytes, 0).map_err(NftablesError::Send)?;
         // nfnetlink handles a batch inside sendmsg: every answer is queued when it returns.
+        // Read them all (a refused batch answers with one error per refused message), and
+        // only those of this batch.
         let mut acknowledged = false;
+        let mut refused = None;
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
             buf.clear();
             match self.socket.recv(&mut buf, libc::MSG_DONTWAIT) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ENOBUFS: answers were lost, so whether the batch held is unknown.
                 Err(e) => return Err(NftablesError::Receive(e)),
             }
-            for errno in acks(&buf) {
-                if errno != 0 {
-                    // The first error aborts the whole batch; the rest are its echoes.
-                    return Err(NftablesError::Refused(io::Error::from_raw_os_error(-errno)));
+            for (seq, errno) in acks(&buf) {
+                if seq.wrapping_sub(first) >= used {
+                    continue;
                 }
                 acknowledged = true;
+                if errno != 0 && refused.is_none() {
+                    refused = Some(errno);
+                }
             }
         }
-        if acknowledged {
-            Ok(())
-        } else {
-            Err(NftablesError::Unacknowledged)
+        let family = if family == NFPROTO_IPV4 { "ip" } else { "ip6" };
+        match (refused, acknowledged) {
+            (Some(errno), _) => Err(NftablesError::Refused {
+                family,
+                source: io::Error::from_raw_os_error(-errno),
+            }),
+            (None, true) => Ok(()),
+            (None, false) => Err(NftablesError::Unacknowledged),
         }
     }
 }
 
-/// The error codes of the NLMSG_ERROR messages in `buf` (0: acknowledged).
-fn acks(mut buf: &[u8]) -> Vec<i32> {
+/// The sequence number and error code of each NLMSG_ERROR message in `buf` (0: acknowledged).
+fn acks(mut buf: &[u8]) -> Vec<(u32, i32)> {
     let mut codes = Vec::new();
     while buf.len() >= 20 {
         let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        if len < 16 || len > buf.len() {
+        if len < 20 || len > buf.len() {
             break;
         }
         if kind == NLMSG_ERROR {
-            codes.push(i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]));
+            let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
+            codes.push((
+                seq,
+                i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]),
+            ));
         }
         buf = &buf[len.next_multiple_of(4).min(buf.len())..];
     }
@@ -505,24 +588,26 @@ mod tests {
     }
 
     #[test]
-    fn nothing_carried_removes_both_tables_in_one_batch() {
-        let msgs = messages(&batch(&[], 7));
-        let kinds: Vec<(u16, u8)> = msgs.iter().map(|m| (m.0, m.2)).collect();
-        assert_eq!(
-            kinds,
-            vec![
-                (NFNL_MSG_BATCH_BEGIN, 0),
-                (nft(NFT_MSG_NEWTABLE), NFPROTO_IPV4),
-                (nft(NFT_MSG_DELTABLE), NFPROTO_IPV4),
-                (nft(NFT_MSG_NEWTABLE), NFPROTO_IPV6),
-                (nft(NFT_MSG_DELTABLE), NFPROTO_IPV6),
-                (NFNL_MSG_BATCH_END, 0),
-            ]
-        );
-        assert!(
-            msgs[1..5].iter().all(|m| m.1 & NLM_F_ACK != 0),
-            "tables are acknowledged"
-        );
+    fn nothing_carried_removes_the_table_in_one_batch() {
+        for family in [NFPROTO_IPV4, NFPROTO_IPV6] {
+            let (bytes, used) = batch(family, &[], Outcome::Carry, 7);
+            let msgs = messages(&bytes);
+            let kinds: Vec<(u16, u8)> = msgs.iter().map(|m| (m.0, m.2)).collect();
+            assert_eq!(
+                kinds,
+                vec![
+                    (NFNL_MSG_BATCH_BEGIN, 0),
+                    (nft(NFT_MSG_NEWTABLE), family),
+                    (nft(NFT_MSG_DELTABLE), family),
+                    (NFNL_MSG_BATCH_END, 0),
+                ]
+            );
+            assert!(
+                msgs[1..3].iter().all(|m| m.1 & NLM_F_ACK != 0),
+                "tables are acknowledged"
+            );
+            assert_eq!(used, 4);
+        }
     }
 
     #[test]
@@ -542,38 +627,57 @@ mod tests {
                 to: "fd00:250::1".parse().unwrap(),
             },
         ];
-        let msgs = messages(&batch(&rules, 1));
-        let rules_of = |family| -> Vec<&Vec<u8>> {
-            msgs.iter()
-                .filter(|m| m.0 == nft(NFT_MSG_NEWRULE) && m.2 == family)
-                .map(|m| &m.3)
+        let rules_of = |family| -> Vec<Vec<u8>> {
+            messages(&batch(family, &rules, Outcome::Carry, 1).0)
+                .into_iter()
+                .filter(|m| m.0 == nft(NFT_MSG_NEWRULE))
+                .inspect(|m| assert_eq!(m.2, family))
+                .map(|m| m.3)
                 .collect()
         };
         let v4 = rules_of(NFPROTO_IPV4);
-        assert_eq!(v4.len(), 2, "the hooked rule and one carried IP");
-        assert!(contains(v4[1], &[10, 250, 0, 100]) && contains(v4[1], &[10, 250, 0, 1]));
-        assert!(!msgs.iter().any(|m| contains(&m.3, &[10, 250, 0, 101])));
-        let v6 = rules_of(NFPROTO_IPV6);
-        assert_eq!(v6.len(), 2);
-        let vip6: std::net::Ipv6Addr = "fd00:250::100".parse().unwrap();
-        assert!(contains(v6[1], &vip6.octets()));
+        assert_eq!(v4.len(), 4, "three hooked rules and one carried IP");
         assert!(
-            contains(v6[0], b"carried\0"),
-            "the hooked rule jumps to the list"
+            v4[..3].iter().all(|r| contains(r, b"carried\0")),
+            "hooked rules jump to the list"
         );
+        assert!(contains(&v4[3], &[10, 250, 0, 100]) && contains(&v4[3], &[10, 250, 0, 1]));
+        assert!(!v4.iter().any(|r| contains(r, &[10, 250, 0, 101])));
+        let v6 = rules_of(NFPROTO_IPV6);
+        assert_eq!(v6.len(), 4);
+        let vip6: std::net::Ipv6Addr = "fd00:250::100".parse().unwrap();
+        assert!(contains(&v6[3], &vip6.octets()));
+    }
+
+    #[test]
+    fn a_probe_deletes_what_it_built_in_the_same_batch() {
+        let rules = [CarryRule {
+            vip: "192.0.2.1".parse().unwrap(),
+            to: "192.0.2.2".parse().unwrap(),
+        }];
+        let (bytes, used) = batch(NFPROTO_IPV4, &rules, Outcome::Probe, 1);
+        let kinds: Vec<u16> = messages(&bytes).iter().map(|m| m.0).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| **k == nft(NFT_MSG_NEWRULE)).count(),
+            4
+        );
+        assert_eq!(kinds[kinds.len() - 2], nft(NFT_MSG_DELTABLE), "{kinds:?}");
+        assert_eq!(used as usize, kinds.len());
     }
 
     #[test]
     fn acks_are_read_and_garbage_is_not() {
         let mut answer = Vec::new();
-        for errno in [0i32, -1] {
+        for (seq, errno) in [(5u32, 0i32), (6, -1)] {
             answer.extend_from_slice(&36u32.to_ne_bytes());
             answer.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-            answer.extend_from_slice(&[0; 10]);
+            answer.extend_from_slice(&[0; 2]);
+            answer.extend_from_slice(&seq.to_ne_bytes());
+            answer.extend_from_slice(&[0; 4]);
             answer.extend_from_slice(&errno.to_ne_bytes());
             answer.extend_from_slice(&[0; 16]);
         }
-        assert_eq!(acks(&answer), vec![0, -1]);
+        assert_eq!(acks(&answer), vec![(5, 0), (6, -1)]);
         assert!(acks(&[0xff; 7]).is_empty());
         assert!(acks(&[0xff; 64]).is_empty());
     }

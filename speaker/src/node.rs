@@ -133,62 +133,98 @@ fn decide(cluster: &Cluster, live: &BTreeSet<String>, settings: &NodeSettings) -
 }
 
 /// Where `node` is reached for traffic to `ip`, if its kernel still forwards (live, or departed
-/// gracefully): its Node address of `ip`'s family (InternalIP first), else its membership
-/// address if of that family.
+/// gracefully and not yet forgotten): its Node InternalIP of `ip`'s family, else its
+/// membership address if of that family.
 fn reach(cluster: &Cluster, live: &LiveSet, node: &str, ip: IpAddr) -> Option<IpAddr> {
     let member = live.members.get(node);
     if member.is_none() && !live.departed.contains(node) {
         return None;
     }
     let same_family = |a: &IpAddr| a.is_ipv4() == ip.is_ipv4();
-    let addresses = cluster
+    cluster
         .nodes
         .iter()
         .find(|n| n.metadata.name.as_deref() == Some(node))
-        .and_then(|n| n.status.as_ref()?.addresses.as_ref());
-    let of_kind = |kind: Option<&str>| {
-        addresses?
-            .iter()
-            .filter(|a| kind.is_none_or(|k| a.type_ == k))
-            .filter_map(|a| a.address.parse::<IpAddr>().ok())
-            .find(same_family)
-    };
-    of_kind(Some("InternalIP"))
-        .or_else(|| of_kind(None))
+        .and_then(|n| n.status.as_ref()?.addresses.as_ref())
+        .and_then(|addresses| {
+            addresses
+                .iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse::<IpAddr>().ok())
+                .find(same_family)
+        })
         .or_else(|| member.map(|m| m.address.ip()).filter(same_family))
 }
+
+/// How long the carrying rules stand before they are written again, in case something
+/// flushed the node's ruleset (`nft flush ruleset`, a firewall reload).
+const CARRY_REWRITE: std::time::Duration = std::time::Duration::from_secs(30);
+/// The first wait before writing again rules the kernel refused; doubled up to the maximum.
+const CARRY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const CARRY_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// This node's nftables carrying connections across moves, and what they hold.
 struct Carrier {
     nftables: Option<Nftables>,
     carries: Carries,
+    /// The rules the kernel holds; `None` when unknown (not written yet, or refused).
     applied: Option<Vec<CarryRule>>,
+    /// When to write the rules again: a retry after a refusal, or the periodic rewrite.
+    again_at: Option<tokio::time::Instant>,
+    retry: std::time::Duration,
     last_error: Option<String>,
 }
 
 impl Carrier {
+    /// Enabled: checks at once that the kernel takes the rules (and loads their modules), so a
+    /// refusal shows at start, not at the first takeover. Disabled: removes a table a previous
+    /// run may have left.
     fn new(enabled: bool, metrics: &Metrics) -> Self {
-        let nftables = if enabled {
-            match Nftables::open() {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    metrics.carry_failed();
-                    tracing::warn!("connections in flight across a move will be reset: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        Carrier {
-            nftables,
+        let mut carrier = Carrier {
+            nftables: None,
             carries: Carries::default(),
             applied: None,
+            again_at: None,
+            retry: CARRY_RETRY,
             last_error: None,
+        };
+        if !enabled {
+            if let Err(e) = Nftables::open().and_then(|mut n| n.apply(&[])) {
+                tracing::debug!("not carrying connections; no leftover table removed: {e}");
+            }
+            return carrier;
         }
+        match Nftables::open() {
+            Ok(mut nftables) => {
+                if let Err(e) = nftables.probe() {
+                    carrier.refused(&e, metrics);
+                }
+                carrier.nftables = Some(nftables);
+            }
+            Err(e) => carrier.refused(&e, metrics),
+        }
+        carrier
     }
 
-    /// Follows the owned set; writes the rules when they change.
+    fn refused(&mut self, e: &crate::nftables::NftablesError, metrics: &Metrics) {
+        metrics.carry_failed();
+        let mut text = e.to_string();
+        if let Some(source) = std::error::Error::source(e) {
+            text = format!("{text}: {source}");
+        }
+        if self.last_error.as_ref() != Some(&text) {
+            tracing::warn!("connections in flight across a move will be reset: {text}");
+        }
+        self.last_error = Some(text);
+    }
+
+    /// When the loop must call [`Carrier::follow`] again without any change.
+    fn again_at(&self) -> Option<tokio::time::Instant> {
+        self.again_at
+    }
+
+    /// Follows the owned set; writes the rules when they change, after a refusal (with
+    /// backoff), and every [`CARRY_REWRITE`] while there are any.
     fn follow(
         &mut self,
         owned: &BTreeSet<IpAddr>,
@@ -217,37 +253,63 @@ impl Carrier {
         let rules = self
             .carries
             .step(owned, step, |node, ip| reach(cluster, live, node, ip));
-        if self.applied.as_ref() == Some(&rules) {
+        let now = tokio::time::Instant::now();
+        let due = self.again_at.is_some_and(|at| at <= now);
+        let changed = self.applied.as_ref() != Some(&rules);
+        let refused_lately = self.applied.is_none() && self.again_at.is_some_and(|at| at > now);
+        if !(due || changed) || refused_lately {
             return;
         }
         match nftables.apply(&rules) {
             Ok(()) => {
-                for (ip, node) in self.carries.carried() {
-                    let already = self
-                        .applied
-                        .as_ref()
-                        .is_some_and(|a| a.iter().any(|r| r.vip == *ip));
-                    if !already {
-                        tracing::info!(%ip, previous = %node, "sending connections in flight through {node} on to it");
-                    }
-                }
+                log_carries(
+                    self.applied.as_deref().unwrap_or_default(),
+                    &rules,
+                    &self.carries,
+                );
                 metrics.set_carried(rules.len());
+                self.again_at = (!rules.is_empty()).then(|| now + CARRY_REWRITE);
                 self.applied = Some(rules);
+                self.retry = CARRY_RETRY;
                 self.last_error = None;
             }
             Err(e) => {
-                metrics.carry_failed();
-                let text = format!("{e}: {:?}", std::error::Error::source(&e));
-                if self.last_error.as_ref() != Some(&text) {
-                    tracing::warn!("connections in flight across a move will be reset: {text}");
-                }
-                self.last_error = Some(text);
+                self.refused(&e, metrics);
+                self.applied = None;
+                self.again_at = Some(now + self.retry);
+                self.retry = (self.retry * 2).min(CARRY_RETRY_MAX);
             }
         }
     }
 }
 
-/// Removes FerroLB's nftables tables (at exit: nothing is carried once the speaker is gone).
+/// One line per change of the carried set.
+fn log_carries(before: &[CarryRule], after: &[CarryRule], carries: &Carries) {
+    let ips = |rules: &[CarryRule]| rules.iter().map(|r| r.vip).collect::<BTreeSet<_>>();
+    let (was, is) = (ips(before), ips(after));
+    let started: Vec<String> = is
+        .difference(&was)
+        .map(|ip| match carries.carried().get(ip) {
+            Some(node) => format!("{ip} to {node}"),
+            None => ip.to_string(),
+        })
+        .collect();
+    let ended: Vec<&IpAddr> = was.difference(&is).collect();
+    if started.is_empty() && ended.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 8;
+    tracing::info!(
+        carried = is.len(),
+        started = ?started.iter().take(SHOWN).collect::<Vec<_>>(),
+        ended = ?ended.iter().take(SHOWN).collect::<Vec<_>>(),
+        more = (started.len() + ended.len()).saturating_sub(2 * SHOWN),
+        "connections in flight through an IP's previous owner go on to it"
+    );
+}
+
+/// Removes FerroLB's nftables tables at a graceful exit (nothing is carried once the speaker
+/// is gone; a crashed speaker's table is removed by the next start).
 pub fn stop_carrying() {
     if let Err(e) = Nftables::open().and_then(|mut n| n.apply(&[])) {
         tracing::warn!("removing the nftables tables that carried connections: {e}");
@@ -485,6 +547,9 @@ pub async fn run_fenced(
             }
             _ = sleep_until_opt(recheck) => {
                 recheck = None;
+                dirty = true;
+            }
+            _ = sleep_until_opt(carrier.again_at()) => {
                 dirty = true;
             }
             _ = refresh.tick() => {

@@ -451,9 +451,9 @@ print("old", request(old), flush=True)
 print("new", request(socket.create_connection((ip, 80), timeout=2.0)), flush=True)
 "#;
 
-/// Opens a connection through the owner, stops that owner's speaker gracefully (the IP moves),
-/// then uses the old connection and a new one; returns the client's two outcomes.
-fn across_a_move(journey: &mut Journey, ip: Ipv4Addr) -> String {
+/// Opens a connection to the IP, lets `shift` move the IP to another node, then uses the old
+/// connection and a new one; returns the client's two outcomes.
+fn across(journey: &mut Journey, ip: Ipv4Addr, shift: impl FnOnce(&mut Journey)) -> String {
     let dir = journey.lab.dir().to_owned();
     let (go, connected) = (dir.join("go"), dir.join("connected"));
     let client = python_on_client(
@@ -471,6 +471,14 @@ fn across_a_move(journey: &mut Journey, ip: Ipv4Addr) -> String {
         assert!(Instant::now() < deadline, "the client never connected");
         thread::sleep(Duration::from_millis(10));
     }
+    shift(journey);
+    std::fs::write(&go, "").unwrap();
+    let _ = client.wait_within(Duration::from_secs(10)).unwrap();
+    client.log().unwrap()
+}
+
+/// Stops the owner's speaker gracefully (the IP moves to another node); returns the owner.
+fn stop_owner(journey: &mut Journey, ip: Ipv4Addr) -> usize {
     let before = owner(journey, ip).0;
     journey
         .install
@@ -478,11 +486,8 @@ fn across_a_move(journey: &mut Journey, ip: Ipv4Addr) -> String {
         .unwrap()
         .stop()
         .unwrap();
-    let after = owner(journey, ip).0;
-    assert_ne!(before, after, "a graceful stop moves the IP");
-    std::fs::write(&go, "").unwrap();
-    let _ = client.wait_within(Duration::from_secs(10)).unwrap();
-    client.log().unwrap()
+    assert_ne!(before, owner(journey, ip).0, "a graceful stop moves the IP");
+    before
 }
 
 /// A connection made through the old owner whose next packets reach the new one: the new
@@ -493,7 +498,30 @@ fn a_connection_open_across_a_move_is_carried_to_the_previous_owner() {
     lab_or_skip!("arping", "nginx", "nft", "python3");
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (mut journey, ip) = stage();
-    let out = across_a_move(&mut journey, ip);
+    let out = across(&mut journey, ip, |j| {
+        stop_owner(j, ip);
+    });
+    assert!(out.contains("old HTTP/1.1 200 OK"), "{out}");
+    assert!(out.contains("new HTTP/1.1 200 OK"), "{out}");
+}
+
+/// The other way: a connection made through the interim owner while the top-ranked node was
+/// away is carried to the interim owner when that node returns and takes its IP back.
+#[test]
+fn a_connection_made_while_a_node_was_away_is_carried_when_it_returns() {
+    lab_or_skip!("arping", "nginx", "nft", "python3");
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut journey, ip) = stage();
+    let away = stop_owner(&mut journey, ip);
+    let out = across(&mut journey, ip, |j| {
+        j.install.start_speaker(away).unwrap();
+        j.install.wait_membership(MEMBERSHIP).unwrap();
+        let deadline = Instant::now() + MEMBERSHIP;
+        while owner(j, ip).0 != away {
+            assert!(Instant::now() < deadline, "n{away} never took its IP back");
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
     assert!(out.contains("old HTTP/1.1 200 OK"), "{out}");
     assert!(out.contains("new HTTP/1.1 200 OK"), "{out}");
 }
@@ -505,7 +533,9 @@ fn without_carrying_a_connection_open_across_a_move_is_reset() {
     lab_or_skip!("arping", "nginx", "nft", "python3");
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (mut journey, ip) = stage_with(&["--carry-connections=false"]);
-    let out = across_a_move(&mut journey, ip);
+    let out = across(&mut journey, ip, |j| {
+        stop_owner(j, ip);
+    });
     assert!(out.contains("old ConnectionResetError"), "{out}");
     assert!(out.contains("new HTTP/1.1 200 OK"), "{out}");
 }

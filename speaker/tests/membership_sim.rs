@@ -492,12 +492,16 @@ fn a_partition_longer_than_the_retention_reunites_through_the_seed() {
     for i in 3..6 {
         sim.nodes[i].group = 1;
     }
+    let cut = sim.now;
     sim.run_for(Duration::from_secs(6));
     assert_eq!(
         sim.nodes[1].swim.members().len(),
         3,
         "the others were forgotten"
     );
+    // Each of the 3 nodes on side 0 says so (its live set then drops them for good).
+    let forgotten = sim.count_since(cut, |e| matches!(e, Event::MemberForgotten { .. }));
+    assert!(forgotten >= 9, "forgotten events: {forgotten}");
     for i in 3..6 {
         sim.nodes[i].group = 0;
     }

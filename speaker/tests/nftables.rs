@@ -1,6 +1,6 @@
 //! The carry rules written over netlink, read back with `nft` inside a lab node: the kernel
 //! takes the batch, the ruleset is the one documented, a new set replaces the old one whole,
-//! and an empty set leaves no table behind.
+//! an empty set leaves no table behind, and the start-up probe leaves nothing either.
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
@@ -42,6 +42,8 @@ fn carry_rules_replace_each_other_whole_and_leave_nothing_when_empty() {
         "table ip ferrolb {",
         "type filter hook prerouting priority mangle; policy accept;",
         "tcp flags ! syn ct state new goto carried",
+        "tcp flags fin / fin,syn,rst ct state invalid goto carried",
+        "tcp flags rst / syn,rst ct state invalid goto carried",
         "ip daddr 10.250.0.100 dup to 10.250.0.2 drop",
         "ip daddr 10.250.0.101 dup to 10.250.0.3 drop",
         "table ip6 ferrolb {",
@@ -65,6 +67,14 @@ fn carry_rules_replace_each_other_whole_and_leave_nothing_when_empty() {
     apply(&ns, vec![]);
     apply(&ns, vec![]);
     assert!(!listed(&ns).contains("ferrolb {"), "no table is left");
+
+    // The probe removes a table a previous run left, and builds none.
+    apply(&ns, vec![rule("10.250.0.100", "10.250.0.2")]);
+    ns.within(|| Nftables::open().unwrap().probe().unwrap());
+    assert!(
+        !listed(&ns).contains("ferrolb {"),
+        "the probe leaves nothing"
+    );
     lab.teardown().unwrap();
 }
 

@@ -94,6 +94,7 @@ impl Metrics {
             }
             Event::MemberLeft { .. } => &self.leaves,
             Event::Refuted { .. } => &self.refutations,
+            Event::MemberForgotten { .. } => return,
         };
         counter.fetch_add(1, Relaxed);
     }

@@ -491,6 +491,9 @@ fn log_event(local: &str, event: &Event) {
         Event::MemberLeft { name, incarnation } => {
             tracing::info!(node = local, member = name, incarnation, "member left")
         }
+        Event::MemberForgotten { name } => {
+            tracing::debug!(node = local, member = name, "member forgotten")
+        }
         Event::Refuted { incarnation } => {
             tracing::warn!(
                 node = local,

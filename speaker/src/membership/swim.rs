@@ -53,6 +53,8 @@ pub enum Event {
     },
     /// A member left gracefully.
     MemberLeft { name: String, incarnation: u64 },
+    /// A dead or departed member was forgotten after `dead_retention`.
+    MemberForgotten { name: String },
     /// This node heard it was suspected, dead or gone, and refuted with a higher incarnation.
     Refuted { incarnation: u64 },
 }
@@ -708,10 +710,18 @@ impl Swim {
 
     fn reap(&mut self, now: Instant) {
         let retention = self.config.dead_retention;
-        self.members.retain(|_, e| {
-            !matches!(e.state, MemberState::Dead | MemberState::Left)
-                || now.saturating_duration_since(e.since) < retention
+        let mut forgotten = Vec::new();
+        self.members.retain(|name, e| {
+            let keep = !matches!(e.state, MemberState::Dead | MemberState::Left)
+                || now.saturating_duration_since(e.since) < retention;
+            if !keep {
+                forgotten.push(name.clone());
+            }
+            keep
         });
+        for name in forgotten {
+            self.event(Event::MemberForgotten { name });
+        }
     }
 
     /// Leaves gracefully: tells every live member at once and stops probing. Keep calling
