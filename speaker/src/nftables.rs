@@ -8,7 +8,7 @@
 //! chain prerouting { type filter hook prerouting priority mangle; policy accept;
 //!     meta l4proto tcp tcp flags & syn == 0 ct state new goto carried }
 //! chain carried {
-//!     ip daddr <vip> dup to <previous owner> drop
+//!     ip daddr <vip> counter dup to <previous owner> drop
 //!     ...
 //! }
 //! ```
@@ -168,6 +168,7 @@ pub fn batch(family: u8, rules: &[CarryRule], outcome: Outcome, seq: u32) -> (Ve
             rule(&mut out, family, CARRIED_CHAIN, |e| {
                 e.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr_offset, vip.len() as u32);
                 e.cmp(NFT_CMP_EQ, &vip);
+                e.counter();
                 e.immediate_data(&to);
                 e.dup();
                 e.verdict(NF_DROP);
@@ -386,6 +387,11 @@ impl Expressions<'_, '_> {
             d.u32(1, NFT_REG_1); // NFTA_IMMEDIATE_DREG
             d.nested(2, |v| v.raw(NFTA_DATA_VALUE, value)); // NFTA_IMMEDIATE_DATA
         });
+    }
+
+    /// Packets and bytes that matched (`nft list table ip ferrolb` shows them).
+    fn counter(&mut self) {
+        self.expression("counter", |_| {});
     }
 
     /// A copy of the packet to the address in register 1.

@@ -480,6 +480,19 @@ fn across(journey: &mut Journey, ip: Ipv4Addr, shift: impl FnOnce(&mut Journey))
     client.log().unwrap()
 }
 
+/// The packets `node` has carried to previous owners, from its nftables counters.
+fn carried_packets(journey: &Journey, node: usize) -> u64 {
+    let out = journey.lab.nodes()[node - 1]
+        .ns()
+        .run(["nft", "list", "table", "ip", "ferrolb"])
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("counter packets ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Stops the owner's speaker gracefully (the IP moves to another node); returns the owner.
 fn stop_owner(journey: &mut Journey, ip: Ipv4Addr) -> usize {
     let before = owner(journey, ip).0;
@@ -501,11 +514,19 @@ fn a_connection_open_across_a_move_is_carried_to_the_previous_owner() {
     lab_or_skip!("arping", "nginx", "nft", "python3");
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (mut journey, ip) = stage();
+    let mut new_owner = 0;
     let out = across(&mut journey, ip, |j| {
         stop_owner(j, ip);
+        new_owner = owner(j, ip).0;
     });
     assert!(out.contains("old HTTP/1.1 200 OK"), "{out}");
     assert!(out.contains("new HTTP/1.1 200 OK"), "{out}");
+    let carried = carried_packets(&journey, new_owner);
+    println!("n{new_owner} carried {carried} packets of the old connection");
+    assert!(
+        carried > 0,
+        "the old connection went through the carrying rule"
+    );
 }
 
 /// The other way: a connection made through the interim owner while the top-ranked node was
@@ -527,6 +548,10 @@ fn a_connection_made_while_a_node_was_away_is_carried_when_it_returns() {
     });
     assert!(out.contains("old HTTP/1.1 200 OK"), "{out}");
     assert!(out.contains("new HTTP/1.1 200 OK"), "{out}");
+    assert!(
+        carried_packets(&journey, away) > 0,
+        "carried by the returning node"
+    );
 }
 
 /// Without carrying, that connection meets a kube-proxy without its NAT state and the backend

@@ -44,10 +44,10 @@ fn carry_rules_replace_each_other_whole_and_leave_nothing_when_empty() {
         "tcp flags ! syn ct state new goto carried",
         "tcp flags fin / fin,syn,rst ct state invalid goto carried",
         "tcp flags rst / syn,rst ct state invalid goto carried",
-        "ip daddr 10.250.0.100 dup to 10.250.0.2 drop",
-        "ip daddr 10.250.0.101 dup to 10.250.0.3 drop",
+        "ip daddr 10.250.0.100 counter packets 0 bytes 0 dup to 10.250.0.2 drop",
+        "ip daddr 10.250.0.101 counter packets 0 bytes 0 dup to 10.250.0.3 drop",
         "table ip6 ferrolb {",
-        "ip6 daddr fd00:250::100 dup to fd00:250::2 drop",
+        "ip6 daddr fd00:250::100 counter packets 0 bytes 0 dup to fd00:250::2 drop",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
@@ -55,7 +55,7 @@ fn carry_rules_replace_each_other_whole_and_leave_nothing_when_empty() {
     apply(&ns, vec![rule("10.250.0.102", "10.250.0.3")]);
     let text = listed(&ns);
     assert!(
-        text.contains("ip daddr 10.250.0.102 dup to 10.250.0.3 drop"),
+        text.contains("ip daddr 10.250.0.102 counter packets 0 bytes 0 dup to 10.250.0.3 drop"),
         "{text}"
     );
     assert!(
