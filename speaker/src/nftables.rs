@@ -6,7 +6,9 @@
 //!
 //! ```text
 //! chain prerouting { type filter hook prerouting priority mangle; policy accept;
-//!     meta l4proto tcp tcp flags & syn == 0 ct state new goto carried }
+//!     ip ttl > 1 tcp flags ! syn ct state new goto carried
+//!     ip ttl > 1 tcp flags fin / fin,syn,rst ct state invalid goto carried
+//!     ip ttl > 1 tcp flags rst / syn,rst ct state invalid goto carried }
 //! chain carried {
 //!     ip daddr <vip> counter dup to <previous owner> drop
 //!     ...
@@ -14,13 +16,17 @@
 //! ```
 //!
 //! At `mangle` (-150) conntrack has run (-200) and kube-proxy's DNAT (-100) has not. A TCP
-//! packet without SYN that conntrack sees as *new* belongs to a connection this node never saw
-//! (conntrack's loose pickup): it is sent on, unchanged, to the node that owned the IP before
-//! (whose conntrack has it) and dropped here, instead of being NATed here and reset by the
-//! backend. Only such packets reach the per-IP chain, so its length costs nothing to the rest.
+//! segment without SYN that conntrack picks up as *new*, or a FIN or RST it cannot pick up
+//! (*invalid*), belongs to a connection this node never saw: it is sent on to the node that
+//! owned the IP before (whose conntrack has it) and dropped here, instead of being NATed here
+//! and reset by the backend. (An out-of-window FIN or RST of a connection this node does track
+//! is invalid too; kube-proxy would drop it here anyway.) Only such packets reach the per-IP
+//! chain, so its length costs nothing to the rest. `dup` lowers the copy's TTL without checking
+//! it, so packets at TTL 1 are not carried: two nodes carrying one IP to each other (during a
+//! hand-over) pass a packet neither knows back and forth at most until its TTL runs out.
 //!
-//! Each change is one netlink batch, applied atomically: create the table (a no-op if it
-//! exists), delete it, and, when anything is carried, define it anew.
+//! Each change is one netlink batch per family, applied atomically: create the table (a no-op
+//! if it exists), delete it, and, when anything is carried, define it anew.
 
 use std::io;
 use std::net::IpAddr;
@@ -38,6 +44,61 @@ pub struct CarryRule {
     pub to: IpAddr,
 }
 
+/// An nftables family FerroLB writes its table in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Ip,
+    Ip6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Ip, Family::Ip6];
+
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::Ip,
+            IpAddr::V6(_) => Family::Ip6,
+        }
+    }
+
+    /// As `nft` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+        }
+    }
+
+    fn nfproto(self) -> u8 {
+        match self {
+            Family::Ip => NFPROTO_IPV4,
+            Family::Ip6 => NFPROTO_IPV6,
+        }
+    }
+
+    /// Offsets in the network header: the TTL (hop limit) and the destination address.
+    fn offsets(self) -> (u32, u32) {
+        match self {
+            Family::Ip => (8, 16),
+            Family::Ip6 => (7, 24),
+        }
+    }
+
+    /// A rule of this family standing for the real ones (documentation addresses).
+    fn sample(self) -> CarryRule {
+        match self {
+            Family::Ip => CarryRule {
+                vip: IpAddr::from([192, 0, 2, 1]),
+                to: IpAddr::from([192, 0, 2, 2]),
+            },
+            Family::Ip6 => CarryRule {
+                vip: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+                to: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2]),
+            },
+        }
+    }
+}
+
 // Netlink and nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h).
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -48,14 +109,15 @@ const NLA_F_NESTED: u16 = 0x8000;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
-pub const NFPROTO_IPV4: u8 = 2;
-pub const NFPROTO_IPV6: u8 = 10;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 
 // nf_tables (linux/netfilter/nf_tables.h).
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -85,6 +147,7 @@ const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
+const NFT_CMP_GT: u32 = 4;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_CT_STATE: u32 = 0;
 /// `NF_CT_STATE_BIT(IP_CT_NEW)`.
@@ -113,22 +176,24 @@ pub enum Outcome {
     Probe,
 }
 
-/// The netlink batch that makes `family`'s table (`NFPROTO_IPV4` or `NFPROTO_IPV6`) carry
-/// exactly its share of `rules`, in one transaction (pure; `seq` numbers the messages from
-/// there on, and the batch says how many it used).
-pub fn batch(family: u8, rules: &[CarryRule], outcome: Outcome, seq: u32) -> (Vec<u8>, u32) {
+/// The netlink batch that makes `family`'s table carry exactly its share of `rules`, in one
+/// transaction (pure; `seq` numbers the messages from there on, and the batch says how many
+/// it used).
+pub fn batch(family: Family, rules: &[CarryRule], outcome: Outcome, seq: u32) -> (Vec<u8>, u32) {
     let mine: Vec<&CarryRule> = rules
         .iter()
-        .filter(|r| family_of(r.vip) == family && family_of(r.to) == family)
+        .filter(|r| Family::of(r.vip) == family && Family::of(r.to) == family)
         .collect();
+    let proto = family.nfproto();
+    let (ttl_offset, daddr_offset) = family.offsets();
     let mut out = Batch::new(seq);
     out.message(NFNL_MSG_BATCH_BEGIN, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
     let table = |m: &mut Attributes<'_>| m.string(NFTA_TABLE_NAME, TABLE);
-    out.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, family, table);
-    out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, family, table);
+    out.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, proto, table);
+    out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, proto, table);
     if !mine.is_empty() {
-        out.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, family, table);
-        out.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, family, |m| {
+        out.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, proto, table);
+        out.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, proto, |m| {
             m.string(NFTA_CHAIN_TABLE, TABLE);
             m.string(NFTA_CHAIN_NAME, HOOKED_CHAIN);
             m.nested(NFTA_CHAIN_HOOK, |h| {
@@ -138,34 +203,29 @@ pub fn batch(family: u8, rules: &[CarryRule], outcome: Outcome, seq: u32) -> (Ve
             m.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
             m.string(NFTA_CHAIN_TYPE, "filter");
         });
-        out.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, family, |m| {
+        out.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, proto, |m| {
             m.string(NFTA_CHAIN_TABLE, TABLE);
             m.string(NFTA_CHAIN_NAME, CARRIED_CHAIN);
         });
         // A packet of a connection this node never saw: an ACK (conntrack picks it up as
-        // new) ...
-        rule(&mut out, family, HOOKED_CHAIN, |e| {
-            e.tcp_flags(TCP_SYN, 0);
-            e.ct_state(CT_STATE_NEW);
-            e.goto(CARRIED_CHAIN);
-        });
-        // ... or a FIN or RST (conntrack finds no state to pick up: invalid). Both are
-        // invalid on any node that does not know the connection, so nothing else is lost.
-        rule(&mut out, family, HOOKED_CHAIN, |e| {
-            e.tcp_flags(TCP_SYN | TCP_FIN | TCP_RST, TCP_FIN);
-            e.ct_state(CT_STATE_INVALID);
-            e.goto(CARRIED_CHAIN);
-        });
-        rule(&mut out, family, HOOKED_CHAIN, |e| {
-            e.tcp_flags(TCP_SYN | TCP_RST, TCP_RST);
-            e.ct_state(CT_STATE_INVALID);
-            e.goto(CARRIED_CHAIN);
-        });
-        // The destination address: offset 16 in an IPv4 header, 24 in an IPv6 one.
-        let daddr_offset = if family == NFPROTO_IPV4 { 16 } else { 24 };
+        // new), or a FIN or RST (conntrack finds no state to pick up: invalid).
+        let unknown: [(u8, u8, u32); 3] = [
+            (TCP_SYN, 0, CT_STATE_NEW),
+            (TCP_SYN | TCP_FIN | TCP_RST, TCP_FIN, CT_STATE_INVALID),
+            (TCP_SYN | TCP_RST, TCP_RST, CT_STATE_INVALID),
+        ];
+        for (mask, flags, state) in unknown {
+            rule(&mut out, proto, HOOKED_CHAIN, |e| {
+                e.payload(NFT_PAYLOAD_NETWORK_HEADER, ttl_offset, 1);
+                e.cmp(NFT_CMP_GT, &[1]);
+                e.tcp_flags(mask, flags);
+                e.ct_state(state);
+                e.goto(CARRIED_CHAIN);
+            });
+        }
         for r in mine {
             let (vip, to) = (octets(r.vip), octets(r.to));
-            rule(&mut out, family, CARRIED_CHAIN, |e| {
+            rule(&mut out, proto, CARRIED_CHAIN, |e| {
                 e.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr_offset, vip.len() as u32);
                 e.cmp(NFT_CMP_EQ, &vip);
                 e.counter();
@@ -175,7 +235,7 @@ pub fn batch(family: u8, rules: &[CarryRule], outcome: Outcome, seq: u32) -> (Ve
             });
         }
         if outcome == Outcome::Probe {
-            out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, family, table);
+            out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, proto, table);
         }
     }
     out.message(NFNL_MSG_BATCH_END, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
@@ -183,15 +243,17 @@ pub fn batch(family: u8, rules: &[CarryRule], outcome: Outcome, seq: u32) -> (Ve
     (out.bytes, used)
 }
 
-fn nft(message: u16) -> u16 {
-    (NFNL_SUBSYS_NFTABLES << 8) | message
+/// The request for `family`'s table (answered with the table, or ENOENT).
+fn get_table(family: Family, seq: u32) -> Vec<u8> {
+    let mut out = Batch::new(seq);
+    out.nft(NFT_MSG_GETTABLE, NLM_F_ACK, family.nfproto(), |m| {
+        m.string(NFTA_TABLE_NAME, TABLE);
+    });
+    out.bytes
 }
 
-fn family_of(ip: IpAddr) -> u8 {
-    match ip {
-        IpAddr::V4(_) => NFPROTO_IPV4,
-        IpAddr::V6(_) => NFPROTO_IPV6,
-    }
+fn nft(message: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | message
 }
 
 fn octets(ip: IpAddr) -> Vec<u8> {
@@ -431,7 +493,7 @@ pub enum NftablesError {
     #[error("reading the kernel's answer to the nftables batch")]
     Receive(#[source] io::Error),
     #[error(
-        "the kernel refused table {family} {TABLE}: {source} (needs CAP_NET_ADMIN, and nf_tables with the dup and ct expressions)"
+        "the kernel refused table {family} {TABLE} (needs CAP_NET_ADMIN, and nf_tables with the dup and ct expressions)"
     )]
     Refused {
         family: &'static str,
@@ -467,108 +529,148 @@ impl Nftables {
         Ok(Nftables { socket, seq: 1 })
     }
 
-    /// Makes the tables carry exactly `rules` (none: the tables are removed); each family in
-    /// one transaction.
+    /// Makes both tables carry exactly `rules` (none: the tables are removed).
     pub fn apply(&mut self, rules: &[CarryRule]) -> Result<(), NftablesError> {
-        self.run(rules, Outcome::Carry)
+        let results = Family::ALL.map(|family| self.apply_family(family, rules));
+        results.into_iter().collect()
     }
 
-    /// Builds a table with one rule per family and deletes it in the same transaction: fails
-    /// as a real change would (permissions, missing nf_tables expressions), loads the modules
-    /// ahead of the first takeover, and removes any table a previous run left.
-    pub fn probe(&mut self) -> Result<(), NftablesError> {
-        let rules = [
-            CarryRule {
-                vip: IpAddr::from([192, 0, 2, 1]),
-                to: IpAddr::from([192, 0, 2, 2]),
-            },
-            CarryRule {
-                vip: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
-                to: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 2]),
-            },
-        ];
-        self.run(&rules, Outcome::Probe)
-    }
-
-    /// Both families, each on its own: a kernel without IPv6 nf_tables still carries IPv4.
-    fn run(&mut self, rules: &[CarryRule], outcome: Outcome) -> Result<(), NftablesError> {
-        let v4 = self.transaction(NFPROTO_IPV4, rules, outcome);
-        let v6 = self.transaction(NFPROTO_IPV6, rules, outcome);
-        v4.and(v6)
-    }
-
-    fn transaction(
+    /// Makes `family`'s table carry exactly its share of `rules`, in one transaction.
+    pub fn apply_family(
         &mut self,
-        family: u8,
+        family: Family,
         rules: &[CarryRule],
-        outcome: Outcome,
     ) -> Result<(), NftablesError> {
         let first = self.seq;
-        let (bytes, used) = batch(family, rules, outcome, first);
+        let (bytes, used) = batch(family, rules, Outcome::Carry, first);
+        self.request(family, &bytes, first, used).map(|_| ())
+    }
+
+    /// Builds `family`'s table with a sample rule and deletes it in the same transaction:
+    /// fails as a real change would (permissions, missing nf_tables expressions), loads the
+    /// modules ahead of the first takeover, and removes any table a previous run left.
+    pub fn probe(&mut self, family: Family) -> Result<(), NftablesError> {
+        let first = self.seq;
+        let (bytes, used) = batch(family, &[family.sample()], Outcome::Probe, first);
+        self.request(family, &bytes, first, used).map(|_| ())
+    }
+
+    /// Whether `family`'s table exists (something may have flushed the ruleset).
+    pub fn exists(&mut self, family: Family) -> Result<bool, NftablesError> {
+        let first = self.seq;
+        let bytes = get_table(family, first);
+        match self.request(family, &bytes, first, 1) {
+            Ok(answered) => Ok(answered),
+            Err(NftablesError::Refused { source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `bytes` (`used` messages numbered from `first`) and reads every answer: true if
+    /// the kernel answered with data (a table), Ok if it acknowledged without error.
+    fn request(
+        &mut self,
+        family: Family,
+        bytes: &[u8],
+        first: u32,
+        used: u32,
+    ) -> Result<bool, NftablesError> {
         self.seq = self.seq.wrapping_add(used);
         // One batch is one datagram: thousands of rules outgrow the default send buffer
         // (net.core.wmem_max); CAP_NET_ADMIN, which writing the rules needs anyway, lifts it.
         if bytes.len() > SMALL_BATCH {
             let size = libc::c_int::try_from(bytes.len() + SMALL_BATCH).unwrap_or(libc::c_int::MAX);
-            crate::socket::set_option(&self.socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &size)
+            let socket = &self.socket;
+            crate::socket::set_option(socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &size)
+                .or_else(|_| {
+                    crate::socket::set_option(socket, libc::SOL_SOCKET, libc::SO_SNDBUF, &size)
+                })
                 .map_err(NftablesError::Send)?;
         }
-        self.socket.send(&bytes, 0).map_err(NftablesError::Send)?;
-        // nfnetlink handles a batch inside sendmsg: every answer is queued when it returns.
-        // Read them all (a refused batch answers with one error per refused message), and
-        // only those of this batch.
+        self.socket.send(bytes, 0).map_err(NftablesError::Send)?;
+        // nfnetlink handles a request inside sendmsg: every answer is queued when it returns.
+        // Read them all (a refused batch answers with one error per refused message; a
+        // receive error, such as ENOBUFS, means answers were lost), and count only this
+        // request's.
         let mut acknowledged = false;
+        let mut data = false;
         let mut refused = None;
+        let mut lost = None;
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
             buf.clear();
             match self.socket.recv(&mut buf, libc::MSG_DONTWAIT) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ENOBUFS: answers were lost, so whether the batch held is unknown.
-                Err(e) => return Err(NftablesError::Receive(e)),
-            }
-            for (seq, errno) in acks(&buf) {
-                if seq.wrapping_sub(first) >= used {
+                Err(e) => {
+                    lost.get_or_insert(e);
                     continue;
                 }
-                acknowledged = true;
-                if errno != 0 && refused.is_none() {
-                    refused = Some(errno);
+            }
+            for answer in answers(&buf) {
+                if answer.seq.wrapping_sub(first) >= used {
+                    continue;
+                }
+                match answer.error {
+                    Some(0) => acknowledged = true,
+                    Some(errno) => {
+                        acknowledged = true;
+                        refused.get_or_insert(errno);
+                    }
+                    None => data = true,
                 }
             }
         }
-        let family = if family == NFPROTO_IPV4 { "ip" } else { "ip6" };
-        match (refused, acknowledged) {
-            (Some(errno), _) => Err(NftablesError::Refused {
-                family,
+        if let Some(errno) = refused {
+            return Err(NftablesError::Refused {
+                family: family.name(),
                 source: io::Error::from_raw_os_error(-errno),
-            }),
-            (None, true) => Ok(()),
-            (None, false) => Err(NftablesError::Unacknowledged),
+            });
+        }
+        if let Some(e) = lost {
+            return Err(NftablesError::Receive(e));
+        }
+        if acknowledged {
+            Ok(data)
+        } else {
+            Err(NftablesError::Unacknowledged)
         }
     }
 }
 
-/// The sequence number and error code of each NLMSG_ERROR message in `buf` (0: acknowledged).
-fn acks(mut buf: &[u8]) -> Vec<(u32, i32)> {
-    let mut codes = Vec::new();
-    while buf.len() >= 20 {
+/// One netlink message of an answer: its sequence number, and its error code if it is an
+/// NLMSG_ERROR (0: acknowledged).
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    seq: u32,
+    error: Option<i32>,
+}
+
+/// The messages in `buf`, up to the first malformed one.
+fn answers(mut buf: &[u8]) -> Vec<Answer> {
+    let mut out = Vec::new();
+    while buf.len() >= 16 {
         let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        if len < 20 || len > buf.len() {
+        if len < 16 || len > buf.len() {
             break;
         }
-        if kind == NLMSG_ERROR {
-            let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
-            codes.push((
-                seq,
-                i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]),
-            ));
-        }
+        let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        let error = match kind {
+            NLMSG_ERROR if len >= 20 => {
+                Some(i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]))
+            }
+            NLMSG_ERROR => break,
+            _ => None,
+        };
+        out.push(Answer { seq, error });
         buf = &buf[len.next_multiple_of(4).min(buf.len())..];
     }
-    codes
+    out
 }
 
 #[cfg(test)]
@@ -595,16 +697,17 @@ mod tests {
 
     #[test]
     fn nothing_carried_removes_the_table_in_one_batch() {
-        for family in [NFPROTO_IPV4, NFPROTO_IPV6] {
+        for family in Family::ALL {
             let (bytes, used) = batch(family, &[], Outcome::Carry, 7);
+            let proto = family.nfproto();
             let msgs = messages(&bytes);
             let kinds: Vec<(u16, u8)> = msgs.iter().map(|m| (m.0, m.2)).collect();
             assert_eq!(
                 kinds,
                 vec![
                     (NFNL_MSG_BATCH_BEGIN, 0),
-                    (nft(NFT_MSG_NEWTABLE), family),
-                    (nft(NFT_MSG_DELTABLE), family),
+                    (nft(NFT_MSG_NEWTABLE), proto),
+                    (nft(NFT_MSG_DELTABLE), proto),
                     (NFNL_MSG_BATCH_END, 0),
                 ]
             );
@@ -633,15 +736,15 @@ mod tests {
                 to: "fd00:250::1".parse().unwrap(),
             },
         ];
-        let rules_of = |family| -> Vec<Vec<u8>> {
+        let rules_of = |family: Family| -> Vec<Vec<u8>> {
             messages(&batch(family, &rules, Outcome::Carry, 1).0)
                 .into_iter()
                 .filter(|m| m.0 == nft(NFT_MSG_NEWRULE))
-                .inspect(|m| assert_eq!(m.2, family))
+                .inspect(|m| assert_eq!(m.2, family.nfproto()))
                 .map(|m| m.3)
                 .collect()
         };
-        let v4 = rules_of(NFPROTO_IPV4);
+        let v4 = rules_of(Family::Ip);
         assert_eq!(v4.len(), 4, "three hooked rules and one carried IP");
         assert!(
             v4[..3].iter().all(|r| contains(r, b"carried\0")),
@@ -649,7 +752,7 @@ mod tests {
         );
         assert!(contains(&v4[3], &[10, 250, 0, 100]) && contains(&v4[3], &[10, 250, 0, 1]));
         assert!(!v4.iter().any(|r| contains(r, &[10, 250, 0, 101])));
-        let v6 = rules_of(NFPROTO_IPV6);
+        let v6 = rules_of(Family::Ip6);
         assert_eq!(v6.len(), 4);
         let vip6: std::net::Ipv6Addr = "fd00:250::100".parse().unwrap();
         assert!(contains(&v6[3], &vip6.octets()));
@@ -657,11 +760,7 @@ mod tests {
 
     #[test]
     fn a_probe_deletes_what_it_built_in_the_same_batch() {
-        let rules = [CarryRule {
-            vip: "192.0.2.1".parse().unwrap(),
-            to: "192.0.2.2".parse().unwrap(),
-        }];
-        let (bytes, used) = batch(NFPROTO_IPV4, &rules, Outcome::Probe, 1);
+        let (bytes, used) = batch(Family::Ip, &[Family::Ip.sample()], Outcome::Probe, 1);
         let kinds: Vec<u16> = messages(&bytes).iter().map(|m| m.0).collect();
         assert_eq!(
             kinds.iter().filter(|k| **k == nft(NFT_MSG_NEWRULE)).count(),
@@ -672,7 +771,7 @@ mod tests {
     }
 
     #[test]
-    fn acks_are_read_and_garbage_is_not() {
+    fn answers_are_read_and_garbage_is_not() {
         let mut answer = Vec::new();
         for (seq, errno) in [(5u32, 0i32), (6, -1)] {
             answer.extend_from_slice(&36u32.to_ne_bytes());
@@ -683,8 +782,59 @@ mod tests {
             answer.extend_from_slice(&errno.to_ne_bytes());
             answer.extend_from_slice(&[0; 16]);
         }
-        assert_eq!(acks(&answer), vec![(5, 0), (6, -1)]);
-        assert!(acks(&[0xff; 7]).is_empty());
-        assert!(acks(&[0xff; 64]).is_empty());
+        // A table, as GETTABLE answers.
+        answer.extend_from_slice(&24u32.to_ne_bytes());
+        answer.extend_from_slice(&nft(NFT_MSG_NEWTABLE).to_ne_bytes());
+        answer.extend_from_slice(&[0; 2]);
+        answer.extend_from_slice(&7u32.to_ne_bytes());
+        answer.extend_from_slice(&[0; 12]);
+        let read = answers(&answer);
+        assert_eq!(
+            read,
+            vec![
+                Answer {
+                    seq: 5,
+                    error: Some(0)
+                },
+                Answer {
+                    seq: 6,
+                    error: Some(-1)
+                },
+                Answer {
+                    seq: 7,
+                    error: None
+                },
+            ]
+        );
+        assert!(answers(&[0xff; 7]).is_empty());
+        assert!(answers(&[0xff; 64]).is_empty());
+        // An error message cut short is not read past its end.
+        let mut short = 16u32.to_ne_bytes().to_vec();
+        short.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        short.extend_from_slice(&[0; 10]);
+        short.extend_from_slice(&[0xff; 8]);
+        assert!(answers(&short).is_empty());
+    }
+
+    #[test]
+    fn carried_rules_skip_packets_at_ttl_1() {
+        let rules = [Family::Ip.sample()];
+        let msgs = messages(&batch(Family::Ip, &rules, Outcome::Carry, 1).0);
+        let hooked: Vec<&Vec<u8>> = msgs
+            .iter()
+            .filter(|m| m.0 == nft(NFT_MSG_NEWRULE) && contains(&m.3, b"prerouting\0"))
+            .map(|m| &m.3)
+            .collect();
+        assert_eq!(hooked.len(), 3);
+        // A payload of 1 byte at network offset 8 (the TTL), compared greater than 1: the
+        // operator (4), then the nested data (12 bytes, type 3) holding the value 1.
+        let gt_one = [
+            0, 0, 0, 4, 0x0c, 0x00, 0x03, 0x80, 0x05, 0x00, 0x01, 0x00, 0x01,
+        ];
+        assert!(
+            hooked
+                .iter()
+                .all(|r| contains(r, &8u32.to_be_bytes()) && contains(r, &gt_one))
+        );
     }
 }

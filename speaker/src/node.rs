@@ -20,7 +20,7 @@ use crate::fencing::{self, Fence};
 use crate::interfaces::{ExcludePatterns, Link};
 use crate::membership::{LiveSet, Rejoin};
 use crate::metrics::Metrics;
-use crate::nftables::{CarryRule, Nftables};
+use crate::nftables::{CarryRule, Family, Nftables, NftablesError};
 
 /// The cluster as the backend last read it.
 #[derive(Clone, Debug, Default)]
@@ -136,10 +136,11 @@ fn decide(cluster: &Cluster, live: &BTreeSet<String>, settings: &NodeSettings) -
 /// gracefully and not yet forgotten): its Node InternalIP of `ip`'s family, else its
 /// membership address if of that family.
 fn reach(cluster: &Cluster, live: &LiveSet, node: &str, ip: IpAddr) -> Option<IpAddr> {
-    let member = live.members.get(node);
-    if member.is_none() && !live.departed.contains(node) {
-        return None;
-    }
+    let membership = live
+        .members
+        .get(node)
+        .map(|m| m.address)
+        .or_else(|| live.departed.get(node).copied())?;
     let same_family = |a: &IpAddr| a.is_ipv4() == ip.is_ipv4();
     cluster
         .nodes
@@ -153,12 +154,12 @@ fn reach(cluster: &Cluster, live: &LiveSet, node: &str, ip: IpAddr) -> Option<Ip
                 .filter_map(|a| a.address.parse::<IpAddr>().ok())
                 .find(same_family)
         })
-        .or_else(|| member.map(|m| m.address.ip()).filter(same_family))
+        .or_else(|| Some(membership.ip()).filter(same_family))
 }
 
-/// How long the carrying rules stand before they are written again, in case something
-/// flushed the node's ruleset (`nft flush ruleset`, a firewall reload).
-const CARRY_REWRITE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the carrying tables are checked to still exist (something may have flushed the
+/// node's ruleset: `nft flush ruleset`, a firewall reload), and written again if not.
+const CARRY_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 /// The first wait before writing again rules the kernel refused; doubled up to the maximum.
 const CARRY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 const CARRY_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
@@ -166,24 +167,30 @@ const CARRY_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// This node's nftables carrying connections across moves, and what they hold.
 struct Carrier {
     nftables: Option<Nftables>,
+    /// The families the kernel took the start-up probe in.
+    families: Vec<Family>,
     carries: Carries,
     /// The rules the kernel holds; `None` when unknown (not written yet, or refused).
     applied: Option<Vec<CarryRule>>,
-    /// When to write the rules again: a retry after a refusal, or the periodic rewrite.
+    /// The rules last reported (log line, gauge).
+    reported: Vec<CarryRule>,
+    /// When to look again without a change: a retry after a refusal, or the periodic check.
     again_at: Option<tokio::time::Instant>,
     retry: std::time::Duration,
     last_error: Option<String>,
 }
 
 impl Carrier {
-    /// Enabled: checks at once that the kernel takes the rules (and loads their modules), so a
-    /// refusal shows at start, not at the first takeover. Disabled: removes a table a previous
-    /// run may have left.
+    /// Enabled: checks at once, per family, that the kernel takes the rules (and loads their
+    /// modules), so a refusal shows at start, not at the first takeover; a family it refuses
+    /// is not carried. Disabled: removes a table a previous run may have left.
     fn new(enabled: bool, metrics: &Metrics) -> Self {
         let mut carrier = Carrier {
             nftables: None,
+            families: Vec::new(),
             carries: Carries::default(),
             applied: None,
+            reported: Vec::new(),
             again_at: None,
             retry: CARRY_RETRY,
             last_error: None,
@@ -194,26 +201,40 @@ impl Carrier {
             }
             return carrier;
         }
-        match Nftables::open() {
-            Ok(mut nftables) => {
-                if let Err(e) = nftables.probe() {
-                    carrier.refused(&e, metrics);
-                }
-                carrier.nftables = Some(nftables);
+        let mut nftables = match Nftables::open() {
+            Ok(n) => n,
+            Err(e) => {
+                carrier.refused(&e, "", metrics);
+                return carrier;
             }
-            Err(e) => carrier.refused(&e, metrics),
+        };
+        for family in Family::ALL {
+            match nftables.probe(family) {
+                Ok(()) => carrier.families.push(family),
+                Err(e) => carrier.refused(&e, family.name(), metrics),
+            }
+        }
+        if !carrier.families.is_empty() {
+            carrier.nftables = Some(nftables);
         }
         carrier
     }
 
-    fn refused(&mut self, e: &crate::nftables::NftablesError, metrics: &Metrics) {
+    /// Warns (once per distinct error) that connections of `family` (all when empty) will be
+    /// reset at a move.
+    fn refused(&mut self, e: &NftablesError, family: &str, metrics: &Metrics) {
         metrics.carry_failed();
         let mut text = e.to_string();
         if let Some(source) = std::error::Error::source(e) {
             text = format!("{text}: {source}");
         }
         if self.last_error.as_ref() != Some(&text) {
-            tracing::warn!("connections in flight across a move will be reset: {text}");
+            let which = if family.is_empty() {
+                String::new()
+            } else {
+                format!(" ({family})")
+            };
+            tracing::warn!("connections in flight across a move{which} will be reset: {text}");
         }
         self.last_error = Some(text);
     }
@@ -224,7 +245,7 @@ impl Carrier {
     }
 
     /// Follows the owned set; writes the rules when they change, after a refusal (with
-    /// backoff), and every [`CARRY_REWRITE`] while there are any.
+    /// backoff), and when a periodic check finds a table gone.
     fn follow(
         &mut self,
         owned: &BTreeSet<IpAddr>,
@@ -250,31 +271,56 @@ impl Carrier {
             before,
             without_me,
         };
-        let rules = self
+        let families = &self.families;
+        let rules: Vec<CarryRule> = self
             .carries
-            .step(owned, step, |node, ip| reach(cluster, live, node, ip));
-        let now = tokio::time::Instant::now();
-        let due = self.again_at.is_some_and(|at| at <= now);
-        let changed = self.applied.as_ref() != Some(&rules);
-        let refused_lately = self.applied.is_none() && self.again_at.is_some_and(|at| at > now);
-        if !(due || changed) || refused_lately {
-            return;
-        }
-        match nftables.apply(&rules) {
-            Ok(()) => {
-                log_carries(
-                    self.applied.as_deref().unwrap_or_default(),
-                    &rules,
-                    &self.carries,
+            .step(owned, step, |node, ip| reach(cluster, live, node, ip))
+            .into_iter()
+            .filter(|r| families.contains(&Family::of(r.vip)))
+            .collect();
+        let due = self
+            .again_at
+            .is_some_and(|at| at <= tokio::time::Instant::now());
+        match &self.applied {
+            Some(applied) if *applied == rules => {
+                if !due {
+                    return;
+                }
+                // The periodic check: rewrite only a table that went missing.
+                let intact = families
+                    .iter()
+                    .filter(|f| rules.iter().any(|r| Family::of(r.vip) == **f))
+                    .all(|f| nftables.exists(*f).unwrap_or(false));
+                if intact {
+                    self.again_at = Some(tokio::time::Instant::now() + CARRY_CHECK);
+                    return;
+                }
+                tracing::warn!(
+                    "the nftables table that carries connections went missing (a flushed ruleset?): writing it again"
                 );
+            }
+            // Refused lately: wait for the retry, whatever changed.
+            None if self.again_at.is_some() && !due => return,
+            _ => {}
+        }
+        let result = families
+            .iter()
+            .map(|f| nftables.apply_family(*f, &rules))
+            .find(Result::is_err)
+            .unwrap_or(Ok(()));
+        let now = tokio::time::Instant::now();
+        match result {
+            Ok(()) => {
+                log_carries(&self.reported, &rules, &self.carries);
                 metrics.set_carried(rules.len());
-                self.again_at = (!rules.is_empty()).then(|| now + CARRY_REWRITE);
+                self.again_at = (!rules.is_empty()).then(|| now + CARRY_CHECK);
+                self.reported = rules.clone();
                 self.applied = Some(rules);
                 self.retry = CARRY_RETRY;
                 self.last_error = None;
             }
             Err(e) => {
-                self.refused(&e, metrics);
+                self.refused(&e, "", metrics);
                 self.applied = None;
                 self.again_at = Some(now + self.retry);
                 self.retry = (self.retry * 2).min(CARRY_RETRY_MAX);
@@ -303,7 +349,7 @@ fn log_carries(before: &[CarryRule], after: &[CarryRule], carries: &Carries) {
         carried = is.len(),
         started = ?started.iter().take(SHOWN).collect::<Vec<_>>(),
         ended = ?ended.iter().take(SHOWN).collect::<Vec<_>>(),
-        more = (started.len() + ended.len()).saturating_sub(2 * SHOWN),
+        more = started.len().saturating_sub(SHOWN) + ended.len().saturating_sub(SHOWN),
         "connections in flight through an IP's previous owner go on to it"
     );
 }
@@ -682,7 +728,7 @@ mod tests {
             .collect();
         LiveSet {
             members,
-            departed: BTreeSet::new(),
+            departed: BTreeMap::new(),
         }
     }
 
@@ -717,6 +763,40 @@ mod tests {
             o1.values().all(|i| !i.probe_first),
             "a takeover does not probe"
         );
+    }
+
+    #[test]
+    fn the_previous_owner_is_reached_at_its_internal_ip_while_its_kernel_forwards() {
+        let mut c = cluster();
+        c.nodes = vec![from(json!({
+            "metadata": {"name": "n1"},
+            "status": {"addresses": [
+                {"type": "ExternalIP", "address": "203.0.113.1"},
+                {"type": "InternalIP", "address": "10.250.0.1"},
+            ]},
+        }))];
+        let vip: IpAddr = "10.250.0.100".parse().unwrap();
+        let vip6: IpAddr = "fd00:250::100".parse().unwrap();
+        let mut set = live(&["n1", "n2"]);
+        assert_eq!(
+            reach(&c, &set, "n1", vip),
+            Some("10.250.0.1".parse().unwrap())
+        );
+        // No Node address of the family: the membership address, if of that family.
+        assert_eq!(
+            reach(&c, &set, "n2", vip),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(reach(&c, &set, "n1", vip6), None);
+        // Departed gracefully: still reached; dead or forgotten: not.
+        let member = set.members.remove("n2").unwrap();
+        set.departed.insert("n2".into(), member.address);
+        assert_eq!(
+            reach(&c, &set, "n2", vip),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        set.departed.clear();
+        assert_eq!(reach(&c, &set, "n2", vip), None);
     }
 
     #[test]

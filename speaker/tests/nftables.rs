@@ -1,11 +1,12 @@
 //! The carry rules written over netlink, read back with `nft` inside a lab node: the kernel
 //! takes the batch, the ruleset is the one documented, a new set replaces the old one whole,
-//! an empty set leaves no table behind, and the start-up probe leaves nothing either.
+//! an empty set leaves no table behind, a flushed table is noticed, and the start-up probe
+//! leaves nothing either.
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 use ferrolb_e2e::{Lab, Namespace, lab_or_skip};
-use ferrolb_speaker::nftables::{CarryRule, Nftables};
+use ferrolb_speaker::nftables::{CarryRule, Family, Nftables};
 
 fn apply(ns: &Namespace, rules: Vec<CarryRule>) {
     ns.within(move || Nftables::open().unwrap().apply(&rules).unwrap());
@@ -41,9 +42,10 @@ fn carry_rules_replace_each_other_whole_and_leave_nothing_when_empty() {
     for line in [
         "table ip ferrolb {",
         "type filter hook prerouting priority mangle; policy accept;",
-        "tcp flags ! syn ct state new goto carried",
-        "tcp flags fin / fin,syn,rst ct state invalid goto carried",
-        "tcp flags rst / syn,rst ct state invalid goto carried",
+        "ip ttl > 1 tcp flags ! syn ct state new goto carried",
+        "ip ttl > 1 tcp flags fin / fin,syn,rst ct state invalid goto carried",
+        "ip ttl > 1 tcp flags rst / syn,rst ct state invalid goto carried",
+        "ip6 hoplimit > 1 tcp flags ! syn ct state new goto carried",
         "ip daddr 10.250.0.100 counter packets 0 bytes 0 dup to 10.250.0.2 drop",
         "ip daddr 10.250.0.101 counter packets 0 bytes 0 dup to 10.250.0.3 drop",
         "table ip6 ferrolb {",
@@ -52,7 +54,16 @@ fn carry_rules_replace_each_other_whole_and_leave_nothing_when_empty() {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
 
+    // A flushed ruleset is noticed.
+    let exists = |ns: &Namespace| {
+        ns.within(|| Family::ALL.map(|f| Nftables::open().unwrap().exists(f).unwrap()))
+    };
+    assert_eq!(exists(&ns), [true, true]);
+    ns.run(["nft", "flush", "ruleset"]).unwrap();
+    assert_eq!(exists(&ns), [false, false]);
+
     apply(&ns, vec![rule("10.250.0.102", "10.250.0.3")]);
+    assert_eq!(exists(&ns), [true, false]);
     let text = listed(&ns);
     assert!(
         text.contains("ip daddr 10.250.0.102 counter packets 0 bytes 0 dup to 10.250.0.3 drop"),
@@ -70,7 +81,12 @@ fn carry_rules_replace_each_other_whole_and_leave_nothing_when_empty() {
 
     // The probe removes a table a previous run left, and builds none.
     apply(&ns, vec![rule("10.250.0.100", "10.250.0.2")]);
-    ns.within(|| Nftables::open().unwrap().probe().unwrap());
+    ns.within(|| {
+        let mut nftables = Nftables::open().unwrap();
+        for family in Family::ALL {
+            nftables.probe(family).unwrap();
+        }
+    });
     assert!(
         !listed(&ns).contains("ferrolb {"),
         "the probe leaves nothing"

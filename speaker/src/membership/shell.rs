@@ -2,7 +2,7 @@
 //! the key ring, feeding [`Swim`] and sending what it asks, and publishing the live set, events
 //! and metrics.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,9 +18,10 @@ use super::{Config, Event, Member, Metrics, Output, Swim};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LiveSet {
     pub members: BTreeMap<String, Member>,
-    /// Members that left gracefully and are still remembered: their speaker stopped, but
-    /// nothing says their node did (connections through them are carried to them).
-    pub departed: BTreeSet<String>,
+    /// Members that left gracefully and are still remembered, with their address: their
+    /// speaker stopped, but nothing says their node did (connections through them are
+    /// carried to them).
+    pub departed: BTreeMap<String, SocketAddr>,
 }
 
 impl LiveSet {
@@ -256,7 +257,7 @@ fn live_set(members: &[Member]) -> LiveSet {
         departed: members
             .iter()
             .filter(|m| m.state == MemberState::Left)
-            .map(|m| m.name.clone())
+            .map(|m| (m.name.clone(), m.address))
             .collect(),
     }
 }
