@@ -20,9 +20,10 @@
 //!
 //! Who announced the IP before: the owner of the previous decision, when another node. When
 //! the previous decision gave the IP to this node itself without it holding the IP (it
-//! decided alone before joining, or while fenced), the node the election picks without this
-//! one: the node that held the IP while this one was away. An IP nobody was given before (a
-//! new Service) is carried nowhere.
+//! decided alone before joining, or while fenced), or at this node's first decision, the node
+//! the election picks without this one, which is the node that held the IP while this one was
+//! away, provided some speaker recorded announcing the Service. An IP nobody was given before
+//! (a new Service) is carried nowhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -37,6 +38,8 @@ pub struct Carries {
     held: BTreeSet<IpAddr>,
     /// Owned IP → the node that announced it before this node.
     from: BTreeMap<IpAddr, String>,
+    /// Whether a step ran before (the first has no previous decisions to go by).
+    stepped: bool,
 }
 
 /// What one step needs besides the owned set.
@@ -46,6 +49,9 @@ pub struct Step<'a, W> {
     pub before: &'a [Decision],
     /// The decisions as if this node were not live; called at most once, only if needed.
     pub without_me: W,
+    /// The Services (`namespace/name`) some speaker has recorded announcing: only those can
+    /// have connections in flight when the history of this node's decisions says nothing.
+    pub announced: &'a BTreeSet<String>,
 }
 
 impl<W> std::fmt::Debug for Step<'_, W> {
@@ -74,16 +80,24 @@ impl Carries {
         self.from.retain(|ip, _| owned.contains(ip));
         let mut without_me = Some(step.without_me);
         let mut alternative: Option<Vec<Decision>> = None;
+        let first = !std::mem::replace(&mut self.stepped, true);
         for ip in owned.difference(&self.held) {
-            let previous = match announced_by(step.before, *ip) {
-                Some(node) if node != step.me => Some(node),
-                // Given to this node, which did not hold it: alone before joining, or fenced.
-                Some(_) => {
+            let before = step.before.iter().find(|d| d.ips.contains(ip));
+            let previous = match before.map(|d| (owner(d), &d.service)) {
+                Some((Some(node), _)) if node != step.me => Some(node),
+                // Given to this node, which did not hold it (alone before joining, or fenced),
+                // or the first step: the node that held it meanwhile, if anyone announced it.
+                Some((Some(_), _)) | None if first || before.is_some() => {
                     let decisions = alternative
                         .get_or_insert_with(|| without_me.take().map(|w| w()).unwrap_or_default());
-                    announced_by(decisions, *ip).filter(|node| *node != step.me)
+                    decisions
+                        .iter()
+                        .find(|d| d.ips.contains(ip) && step.announced.contains(&d.service))
+                        .and_then(owner)
+                        .filter(|node| *node != step.me)
                 }
-                None => None,
+                // A Service new since the last step, or one nobody announced.
+                _ => None,
             }
             .map(str::to_owned);
             if let Some(node) = previous {
@@ -108,15 +122,12 @@ impl Carries {
     }
 }
 
-/// The node `decisions` give `ip` to, if any.
-fn announced_by(decisions: &[Decision], ip: IpAddr) -> Option<&str> {
-    decisions
-        .iter()
-        .find(|d| d.ips.contains(&ip))
-        .and_then(|d| match &d.outcome {
-            Outcome::Announced { node, .. } => Some(node.as_str()),
-            Outcome::NotAnnounced(_) => None,
-        })
+/// The node a decision gives its IPs to, if any.
+fn owner(decision: &Decision) -> Option<&str> {
+    match &decision.outcome {
+        Outcome::Announced { node, .. } => Some(node.as_str()),
+        Outcome::NotAnnounced(_) => None,
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +155,11 @@ mod tests {
         }]
     }
 
+    /// The Service of [`decided`], recorded as announced.
+    fn announced() -> BTreeSet<String> {
+        ["demo/web".to_owned()].into()
+    }
+
     fn owned(ips: &[&str]) -> BTreeSet<IpAddr> {
         ips.iter().map(|i| ip(i)).collect()
     }
@@ -165,6 +181,7 @@ mod tests {
             me: "n2",
             before: &decided(Some("n1")),
             without_me: never,
+            announced: &announced(),
         };
         let rules = carries.step(&owned(&[VIP]), step, everyone);
         assert_eq!(
@@ -179,6 +196,7 @@ mod tests {
             me: "n2",
             before: &decided(Some("n2")),
             without_me: never,
+            announced: &announced(),
         };
         assert_eq!(carries.step(&owned(&[VIP]), step, everyone).len(), 1);
     }
@@ -191,6 +209,7 @@ mod tests {
             me: "n1",
             before: &decided(Some("n1")),
             without_me: || decided(Some("n3")),
+            announced: &announced(),
         };
         let rules = carries.step(&owned(&[VIP]), step, everyone);
         assert_eq!(rules[0].to, ip("10.250.0.3"));
@@ -201,11 +220,13 @@ mod tests {
     fn carrying_ends_with_ownership_or_with_the_previous_owner() {
         let mut carries = Carries::default();
         let before = decided(Some("n1"));
+        let recorded = announced();
         let take = |carries: &mut Carries, reach: &dyn Fn(&str, IpAddr) -> Option<IpAddr>| {
             let step = Step {
                 me: "n2",
                 before: &before,
                 without_me: never,
+                announced: &recorded,
             };
             carries.step(&owned(&[VIP]), step, reach)
         };
@@ -220,6 +241,7 @@ mod tests {
             me: "n2",
             before: &before,
             without_me: never,
+            announced: &announced(),
         };
         assert!(carries.step(&owned(&[]), step, everyone).is_empty());
     }
@@ -229,17 +251,44 @@ mod tests {
         for (before, without_me) in [
             // A Service nobody announced before: nothing to carry, whoever would hold it.
             (decided(None), decided(Some("n3"))),
-            // A Service new since the last step, or the first step: the same.
+            // A Service new since the last step: the same.
             (vec![], decided(Some("n3"))),
             (decided(Some("n2")), decided(Some("n2"))),
         ] {
             let mut carries = Carries::default();
+            let first = Step {
+                me: "n2",
+                before: &[],
+                without_me: Vec::new,
+                announced: &announced(),
+            };
+            assert!(carries.step(&owned(&[]), first, everyone).is_empty());
             let step = Step {
                 me: "n2",
                 before: &before,
                 without_me: || without_me,
+                announced: &announced(),
             };
             assert!(carries.step(&owned(&[VIP]), step, everyone).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_first_step_carries_only_a_recorded_service_to_the_node_that_held_it() {
+        for (recorded, expected) in [(announced(), Some("n3")), (BTreeSet::new(), None)] {
+            let mut carries = Carries::default();
+            // The membership joined before this node's first decision.
+            let step = Step {
+                me: "n1",
+                before: &[],
+                without_me: || decided(Some("n3")),
+                announced: &recorded,
+            };
+            carries.step(&owned(&[VIP]), step, everyone);
+            assert_eq!(
+                carries.carried().get(&ip(VIP)).map(String::as_str),
+                expected
+            );
         }
     }
 
@@ -249,7 +298,8 @@ mod tests {
         let step = Step {
             me: "n2",
             before: &[],
-            without_me: never,
+            without_me: || decided(Some("n2")),
+            announced: &announced(),
         };
         assert!(carries.step(&owned(&[VIP]), step, everyone).is_empty());
         // The previous decisions now name another node, but the IP never left this one.
@@ -257,6 +307,7 @@ mod tests {
             me: "n2",
             before: &decided(Some("n1")),
             without_me: never,
+            announced: &announced(),
         };
         assert!(carries.step(&owned(&[VIP]), step, everyone).is_empty());
     }

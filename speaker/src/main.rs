@@ -564,8 +564,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || announcer.shutdown())
         .await
         .context("stopping the announcer")?;
-    if carrying {
-        node::stop_carrying();
+    if carrying && let Err(e) = node::remove_carrying_tables() {
+        warn!("removing the nftables tables that carried connections: {e}");
     }
     release_local_vips(local_vips).await;
     let _ = recorder.await;

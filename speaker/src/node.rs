@@ -183,8 +183,9 @@ struct Carrier {
 impl Carrier {
     /// Enabled: checks at once, per family, that the kernel takes the rules (and loads their
     /// modules), so a refusal shows at start, not at the first takeover; a family it refuses
-    /// is not carried. Disabled: removes a table a previous run may have left.
-    fn new(enabled: bool, metrics: &Metrics) -> Self {
+    /// is not carried. Disabled: touches nothing (the daemon removes a leftover table itself,
+    /// see [`remove_carrying_tables`]).
+    async fn new(enabled: bool, metrics: &Metrics) -> Self {
         let mut carrier = Carrier {
             nftables: None,
             families: Vec::new(),
@@ -196,26 +197,29 @@ impl Carrier {
             last_error: None,
         };
         if !enabled {
-            if let Err(e) = Nftables::open().and_then(|mut n| n.apply(&[])) {
-                tracing::debug!("not carrying connections; no leftover table removed: {e}");
-            }
             return carrier;
         }
-        let mut nftables = match Nftables::open() {
-            Ok(n) => n,
-            Err(e) => {
-                carrier.refused(&e, "", metrics);
-                return carrier;
+        // Netlink calls run off the loop's thread: the membership shares its runtime.
+        let started = tokio::task::spawn_blocking(move || {
+            let mut nftables = Nftables::open()?;
+            let probes = Family::ALL.map(|family| (family, nftables.probe(family)));
+            Ok((nftables, probes))
+        })
+        .await;
+        match started {
+            Ok(Ok((nftables, probes))) => {
+                for (family, probe) in probes {
+                    match probe {
+                        Ok(()) => carrier.families.push(family),
+                        Err(e) => carrier.refused(&e, family.name(), metrics),
+                    }
+                }
+                if !carrier.families.is_empty() {
+                    carrier.nftables = Some(nftables);
+                }
             }
-        };
-        for family in Family::ALL {
-            match nftables.probe(family) {
-                Ok(()) => carrier.families.push(family),
-                Err(e) => carrier.refused(&e, family.name(), metrics),
-            }
-        }
-        if !carrier.families.is_empty() {
-            carrier.nftables = Some(nftables);
+            Ok(Err(e)) => carrier.refused(&e, "", metrics),
+            Err(e) => tracing::warn!("connections in flight across a move will be reset: {e}"),
         }
         carrier
     }
@@ -246,7 +250,7 @@ impl Carrier {
 
     /// Follows the owned set; writes the rules when they change, after a refusal (with
     /// backoff), and when a periodic check finds a table gone.
-    fn follow(
+    async fn follow(
         &mut self,
         owned: &BTreeSet<IpAddr>,
         before: &[Decision],
@@ -255,9 +259,9 @@ impl Carrier {
         settings: &NodeSettings,
         metrics: &Metrics,
     ) {
-        let Some(nftables) = &mut self.nftables else {
+        if self.nftables.is_none() {
             return;
-        };
+        }
         let without_me = || {
             let others = live
                 .names()
@@ -270,8 +274,9 @@ impl Carrier {
             me: &settings.node_name,
             before,
             without_me,
+            announced: &cluster.announced,
         };
-        let families = &self.families;
+        let families = self.families.clone();
         let rules: Vec<CarryRule> = self
             .carries
             .step(owned, step, |node, ip| reach(cluster, live, node, ip))
@@ -287,10 +292,15 @@ impl Carrier {
                     return;
                 }
                 // The periodic check: rewrite only a table that went missing.
-                let intact = families
+                let used: Vec<Family> = families
                     .iter()
-                    .filter(|f| rules.iter().any(|r| Family::of(r.vip) == **f))
-                    .all(|f| nftables.exists(*f).unwrap_or(false));
+                    .copied()
+                    .filter(|f| rules.iter().any(|r| Family::of(r.vip) == *f))
+                    .collect();
+                let intact = self
+                    .blocking(move |n| used.iter().all(|f| n.exists(*f).unwrap_or(false)))
+                    .await
+                    .unwrap_or(false);
                 if intact {
                     self.again_at = Some(tokio::time::Instant::now() + CARRY_CHECK);
                     return;
@@ -303,14 +313,19 @@ impl Carrier {
             None if self.again_at.is_some() && !due => return,
             _ => {}
         }
-        let result = families
-            .iter()
-            .map(|f| nftables.apply_family(*f, &rules))
-            .find(Result::is_err)
-            .unwrap_or(Ok(()));
+        let writing = rules.clone();
+        let result = self
+            .blocking(move |n| {
+                families
+                    .iter()
+                    .map(|f| n.apply_family(*f, &writing))
+                    .find(Result::is_err)
+                    .unwrap_or(Ok(()))
+            })
+            .await;
         let now = tokio::time::Instant::now();
         match result {
-            Ok(()) => {
+            Some(Ok(())) => {
                 log_carries(&self.reported, &rules, &self.carries);
                 metrics.set_carried(rules.len());
                 self.again_at = (!rules.is_empty()).then(|| now + CARRY_CHECK);
@@ -319,13 +334,37 @@ impl Carrier {
                 self.retry = CARRY_RETRY;
                 self.last_error = None;
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 self.refused(&e, "", metrics);
                 self.applied = None;
                 self.again_at = Some(now + self.retry);
                 self.retry = (self.retry * 2).min(CARRY_RETRY_MAX);
             }
+            // The blocking task panicked, and took the socket with it: carrying stops.
+            None => {
+                tracing::warn!(
+                    "connections in flight across a move will be reset: the nftables writer failed"
+                );
+                self.again_at = None;
+            }
         }
+    }
+
+    /// Runs `f` on the nftables socket off the loop's thread (a batch of thousands of rules
+    /// takes milliseconds, and the membership shares the runtime). `None` if it panicked.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Nftables) -> T + Send + 'static,
+    ) -> Option<T> {
+        let mut nftables = self.nftables.take()?;
+        let (nftables, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&mut nftables);
+            (nftables, out)
+        })
+        .await
+        .ok()?;
+        self.nftables = Some(nftables);
+        Some(out)
     }
 }
 
@@ -354,12 +393,11 @@ fn log_carries(before: &[CarryRule], after: &[CarryRule], carries: &Carries) {
     );
 }
 
-/// Removes FerroLB's nftables tables at a graceful exit (nothing is carried once the speaker
-/// is gone; a crashed speaker's table is removed by the next start).
-pub fn stop_carrying() {
-    if let Err(e) = Nftables::open().and_then(|mut n| n.apply(&[])) {
-        tracing::warn!("removing the nftables tables that carried connections: {e}");
-    }
+/// Removes FerroLB's nftables tables from this node: at a graceful exit (nothing is carried
+/// once the speaker is gone), and at a start without carrying (a crashed run may have left
+/// them; a start with carrying replaces them anyway).
+pub fn remove_carrying_tables() -> Result<(), NftablesError> {
+    Nftables::open().and_then(|mut n| n.apply(&[]))
 }
 
 /// Reports turning the previous share into the next.
@@ -506,7 +544,7 @@ pub async fn run_fenced(
         fence.links(&links, std::time::Instant::now());
         announcer.set_links(links);
     }
-    let mut carrier = Carrier::new(settings.carry_connections, &metrics);
+    let mut carrier = Carrier::new(settings.carry_connections, &metrics).await;
     let mut dirty = true;
     let mut refresh = tokio::time::interval(METRICS_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -548,7 +586,9 @@ pub async fn run_fenced(
                 .is_some_and(|before| !live_names.is_subset(before));
             previous_live = Some(live_names);
             let owned_ips = owned.keys().copied().collect();
-            carrier.follow(&owned_ips, &decisions, &cluster, &live, &settings, &metrics);
+            carrier
+                .follow(&owned_ips, &decisions, &cluster, &live, &settings, &metrics)
+                .await;
             announcer.set_owned(owned);
             if grew && !next_share.is_empty() {
                 announcer.reannounce();
