@@ -564,7 +564,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || announcer.shutdown())
         .await
         .context("stopping the announcer")?;
-    if carrying && let Err(e) = node::remove_carrying_tables() {
+    if carrying && let Err(e) = ferrolb_speaker::carry::remove_tables() {
         warn!("removing the nftables tables that carried connections: {e}");
     }
     release_local_vips(local_vips).await;

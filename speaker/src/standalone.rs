@@ -70,7 +70,7 @@ fn read(dir: &StateDir) -> Result<Arc<Cluster>, StateDirError> {
 }
 
 /// Carries out the node's reports until the channel closes. Records of this node that a
-/// previous run left and that are not announced again within [`STALE_RECORD_AFTER`] are
+/// previous run left and that are not announced again within [`STALE_RECORD_AFTER`](crate::node::STALE_RECORD_AFTER) are
 /// removed.
 pub async fn record(dir: StateDir, node: String, mut reports: mpsc::UnboundedReceiver<Report>) {
     let mut leftovers = Leftovers::new(match dir.files_under(&l2_status_dir(&node)) {

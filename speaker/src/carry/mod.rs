@@ -10,7 +10,8 @@
 //! conntrack still has the connection, with the source address the backend knows: sent there
 //! (the packet unchanged, only the link-layer destination), it is served, and the reply goes
 //! from that node straight to the client. This is GitHub GLB's "second chance" for a layer-2
-//! load balancer. [`crate::nftables`] writes the rule; this module decides what to carry.
+//! load balancer. [`crate::nftables`] writes the rule; this module decides what to carry, and
+//! [`Carrier`] (its shell) keeps the kernel in step with the decision.
 //!
 //! What is carried, per IP this node owns: TCP packets without SYN that this node's conntrack
 //! has never seen (new connections, and everything the node already tracks, stay here), to the
@@ -24,6 +25,10 @@
 //! the election picks without this one, which is the node that held the IP while this one was
 //! away, provided some speaker recorded announcing the Service. An IP nobody was given before
 //! (a new Service) is carried nowhere.
+
+mod shell;
+
+pub use shell::{Carrier, remove_tables};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
