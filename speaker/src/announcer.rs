@@ -23,6 +23,7 @@ use crate::conflict::{self, Probe, ProbeOutcome, ProbePlan, ProbeStep};
 use crate::gratuitous::{self, Burst, GratuitousPlan};
 use crate::interfaces::{self, ExcludePatterns, Link};
 use crate::responder::{self, Claim, Evidence, OwnedIps};
+use crate::scheduling;
 use crate::socket::{self, PacketSocket, SocketControl};
 
 /// Everything the announcer can be tuned with; the defaults suit a home lab.
@@ -819,12 +820,14 @@ impl Worker {
         // Larger than any ARP or neighbour discovery frame; a longer one is cut and then
         // rejected as malformed or ignored.
         let mut buf = vec![0u8; 4096];
-        if let Err(error) = socket::raise_thread_priority() {
-            debug!(iface = %self.iface, %error, nice = socket::RESPONDER_NICE,
-                "responder keeps the default priority (raising it needs CAP_SYS_NICE)");
+        match scheduling::prioritise_responder_thread() {
+            Ok(got) => debug!(iface = %self.iface, nice = got.nice, slice = ?got.slice,
+                "responder thread scheduling (nice -10 needs CAP_SYS_NICE; a slice needs Linux 6.12)"),
+            Err(error) => debug!(iface = %self.iface, %error,
+                "responder keeps the default scheduling"),
         }
         if let Some(cpu) = self.cpu
-            && let Err(error) = socket::pin_thread_to_cpu(cpu)
+            && let Err(error) = scheduling::pin_thread_to_cpu(cpu)
         {
             debug!(iface = %self.iface, cpu, %error, "responder not pinned (CPU outside the allowed set)");
         }

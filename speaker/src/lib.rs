@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod nftables;
 pub mod node;
 pub mod responder;
+pub mod scheduling;
 pub mod socket;
 pub mod standalone;
 

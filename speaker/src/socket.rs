@@ -8,9 +8,9 @@
 //! Each interface gets one such socket per CPU, in a fanout group that gives a frame to the
 //! socket of the CPU that received it ([`open_per_cpu`]).
 //!
-//! The workspace denies unsafe code; this module is the one place allowed the handful of libc
-//! calls pnet and std do not offer (socket options, the responder thread's priority), each with
-//! its safety argument.
+//! The workspace denies unsafe code; this module is allowed the handful of libc calls pnet and
+//! std do not offer (socket options, fanout, multicast membership), each with its safety
+//! argument.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -44,49 +44,6 @@ pub const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// The receive buffer asked for: room for a burst of a few thousand requests while the
 /// responder thread waits for a CPU (the default, ~200 KiB, holds about 300 ARP frames).
 const RECEIVE_BUFFER: libc::c_int = 4 << 20;
-
-/// The nice value a responder thread asks for. When a request wakes it on a CPU that is busy
-/// (the sender of the request, a build), a woken thread of higher weight preempts at once
-/// rather than after the running task's slice: in the lab this cut the p99 reply latency
-/// inside the node from 60-80 µs to 35-38 µs. The thread does a few microseconds of work per
-/// frame; under an ARP flood it gets a larger share of a CPU than a nice-0 task would (the
-/// kernel's own answers, in softirq, outrank every task).
-pub const RESPONDER_NICE: libc::c_int = -10;
-
-/// Gives the calling thread (only it: Linux keeps a nice value per thread) the nice value
-/// [`RESPONDER_NICE`]. Needs CAP_SYS_NICE or a matching RLIMIT_NICE; without, the error says so
-/// and the thread keeps its priority.
-pub fn raise_thread_priority() -> io::Result<()> {
-    // SAFETY: gettid has no preconditions and cannot fail.
-    let tid = unsafe { libc::gettid() };
-    let tid = libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-    // SAFETY: integer arguments only; `tid` names the calling thread, which is alive.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, RESPONDER_NICE) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Pins the calling thread to `cpu` (best effort: fails when the CPU is not in the process's
-/// allowed set, e.g. a container's cpuset, and the thread then runs anywhere).
-pub fn pin_thread_to_cpu(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data for which all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    // SAFETY: `cpu` is below CPU_SETSIZE, so CPU_SET writes inside `set`.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a live cpu_set_t and the size passed is its own; pid 0 = this thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
 
 /// The CPUs online, which a receive softirq may run on (the responder sockets of an interface,
 /// one per CPU, are capped at [`MAX_PER_CPU`]).
