@@ -9,7 +9,7 @@
 //! reactor hop to every reply); the events come out on a Tokio channel.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::{self, JoinHandle};
@@ -22,6 +22,7 @@ use tracing::{debug, info, trace, warn};
 use crate::conflict::{self, Probe, ProbeOutcome, ProbePlan, ProbeStep};
 use crate::gratuitous::{self, Burst, GratuitousPlan};
 use crate::interfaces::{self, ExcludePatterns, Link};
+use crate::kernel_arp::KernelArp;
 use crate::responder::{self, Claim, Evidence, OwnedIps};
 use crate::scheduling;
 use crate::socket::{self, PacketSocket, SocketControl};
@@ -32,6 +33,8 @@ pub struct AnnouncerConfig {
     pub exclude: ExcludePatterns,
     pub gratuitous: GratuitousPlan,
     pub probe: ProbePlan,
+    /// Let the kernel skip the ARP requests the speaker answers ([`crate::kernel_arp`]).
+    pub kernel_arp: bool,
 }
 
 /// How one owned IP is to be announced.
@@ -184,8 +187,11 @@ impl Announcer {
         let (tx, rx) = mpsc::channel();
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let registry = Arc::new(Registry::default());
+        let kernel_arp = KernelArp::start(config.kernel_arp);
         let mut control = Control {
             config,
+            kernel_arp,
+            answered_v4: BTreeSet::new(),
             links: Vec::new(),
             intents: BTreeMap::new(),
             ips: BTreeMap::new(),
@@ -347,6 +353,9 @@ const CONFLICT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Control {
     config: AnnouncerConfig,
+    kernel_arp: KernelArp,
+    /// The IPv4 addresses last given to `kernel_arp`.
+    answered_v4: BTreeSet<Ipv4Addr>,
     links: Vec<Link>,
     intents: BTreeMap<IpAddr, Intent>,
     ips: BTreeMap<IpAddr, IpState>,
@@ -507,6 +516,18 @@ impl Control {
                 }
                 Phase::NoInterface | Phase::Conflicted { .. } => {}
             }
+        }
+        let answered_v4: BTreeSet<Ipv4Addr> = wanted
+            .values()
+            .flat_map(|owned| &owned.answering)
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        if answered_v4 != self.answered_v4 {
+            self.kernel_arp.set(answered_v4.clone());
+            self.answered_v4 = answered_v4;
         }
         let eligible = interfaces::eligible(&self.links, &self.config.exclude);
         let current = |name: &str| eligible.iter().find(|link| link.name == name).copied();

@@ -24,6 +24,7 @@ pub mod conflict;
 pub mod fencing;
 pub mod gratuitous;
 pub mod interfaces;
+pub mod kernel_arp;
 pub mod kubernetes;
 pub mod local_vips;
 pub mod membership;

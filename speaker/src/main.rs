@@ -303,6 +303,18 @@ struct AnnouncerArgs {
     /// kube-proxy. Sets net.ipv4.conf.{all,NAME}.arp_ignore=1 and arp_announce=2.
     #[arg(long, env = "FERROLB_LOCAL_VIP_INTERFACE", value_name = "NAME")]
     local_vip_interface: Option<String>,
+    /// Let the kernel skip the ARP requests this node answers: drop them at its ARP input
+    /// (after the speaker's socket has them) instead of after a route lookup, so replies leave
+    /// sooner (nftables table `arp ferrolb`; needs CAP_NET_ADMIN, else the kernel keeps its
+    /// usual path).
+    #[arg(
+        long,
+        env = "FERROLB_KERNEL_ARP_SKIP",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    kernel_arp_skip: bool,
 }
 
 impl AnnouncerArgs {
@@ -326,6 +338,7 @@ impl AnnouncerArgs {
                 wait: Duration::from_millis(self.probe_wait_ms),
                 recheck: Duration::from_secs(self.recheck_secs),
             },
+            kernel_arp: self.kernel_arp_skip,
         }
     }
 }

@@ -27,9 +27,22 @@
 //!
 //! Each change is one netlink batch per family, applied atomically: create the table (a no-op
 //! if it exists), delete it, and, when anything is carried, define it anew.
+//!
+//! A third table, in the `arp` family, lets the kernel skip ARP requests for the IPs the
+//! speaker answers ([`crate::kernel_arp`]); it is written the same way:
+//!
+//! ```text
+//! table arp ferrolb {
+//!     set answered { type ipv4_addr; }
+//!     chain input { type filter hook input priority filter; policy accept;
+//!         arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp operation request
+//!             arp daddr ip @answered counter drop }
+//! }
+//! ```
 
+use std::collections::BTreeSet;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
@@ -111,6 +124,7 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
+const NFPROTO_ARP: u8 = 3;
 
 // nf_tables (linux/netfilter/nf_tables.h).
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -118,6 +132,20 @@ const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+/// nft's `ipv4_addr` data type (what `nft list` shows the set's keys as).
+const TYPE_IPADDR: u32 = 7;
+const NF_ARP_IN: u32 = 0;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -169,8 +197,8 @@ const CARRIED_CHAIN: &str = "carried";
 /// What a batch leaves behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The family's table carries exactly the given rules (none: no table).
-    Carry,
+    /// The table holds exactly what was given (nothing: no table).
+    Apply,
     /// The table is built with the rules and deleted again in the same batch: the kernel
     /// checks permissions and loads the expressions' modules, and nothing remains.
     Probe,
@@ -243,10 +271,107 @@ pub fn batch(family: Family, rules: &[CarryRule], outcome: Outcome, seq: u32) ->
     (out.bytes, used)
 }
 
-/// The request for `family`'s table (answered with the table, or ENOENT).
-fn get_table(family: Family, seq: u32) -> Vec<u8> {
+const ANSWERED_SET: &str = "answered";
+const ARP_CHAIN: &str = "input";
+/// Elements per message: a message stays far below a page's worth of any buffer.
+const ELEMENTS_PER_MESSAGE: usize = 256;
+/// Offsets in the ARP header (RFC 826): the fixed part up to the operation, and the target
+/// protocol address of an Ethernet/IPv4 ARP packet.
+const ARP_REQUEST_FIXED: [(u32, &[u8]); 5] = [
+    (0, &[0, 1]),       // hardware type: Ethernet
+    (2, &[0x08, 0x00]), // protocol type: IPv4
+    (4, &[6]),          // hardware address length
+    (5, &[4]),          // protocol address length
+    (6, &[0, 1]),       // operation: request
+];
+const ARP_TARGET_IP_OFFSET: u32 = 24;
+
+/// The netlink batch that makes table `arp ferrolb` drop exactly the ARP requests for
+/// `answered` at the kernel's ARP input (none: no table), in one transaction; as [`batch`].
+pub fn arp_batch(answered: &BTreeSet<Ipv4Addr>, outcome: Outcome, seq: u32) -> (Vec<u8>, u32) {
     let mut out = Batch::new(seq);
-    out.nft(NFT_MSG_GETTABLE, NLM_F_ACK, family.nfproto(), |m| {
+    out.message(NFNL_MSG_BATCH_BEGIN, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
+    let table = |m: &mut Attributes<'_>| m.string(NFTA_TABLE_NAME, TABLE);
+    out.nft(
+        NFT_MSG_NEWTABLE,
+        NLM_F_CREATE | NLM_F_ACK,
+        NFPROTO_ARP,
+        table,
+    );
+    out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, NFPROTO_ARP, table);
+    if !answered.is_empty() {
+        out.nft(
+            NFT_MSG_NEWTABLE,
+            NLM_F_CREATE | NLM_F_ACK,
+            NFPROTO_ARP,
+            table,
+        );
+        out.nft(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_ACK, NFPROTO_ARP, |m| {
+            m.string(NFTA_SET_TABLE, TABLE);
+            m.string(NFTA_SET_NAME, ANSWERED_SET);
+            m.u32(NFTA_SET_KEY_TYPE, TYPE_IPADDR);
+            m.u32(NFTA_SET_KEY_LEN, 4);
+            m.u32(NFTA_SET_ID, 1);
+        });
+        let ips: Vec<&Ipv4Addr> = answered.iter().collect();
+        for chunk in ips.chunks(ELEMENTS_PER_MESSAGE) {
+            out.nft(
+                NFT_MSG_NEWSETELEM,
+                NLM_F_CREATE | NLM_F_ACK,
+                NFPROTO_ARP,
+                |m| {
+                    m.string(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                    m.string(NFTA_SET_ELEM_LIST_SET, ANSWERED_SET);
+                    m.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+                        for ip in chunk {
+                            list.nested(NFTA_LIST_ELEM, |e| {
+                                e.nested(NFTA_SET_ELEM_KEY, |k| {
+                                    k.raw(NFTA_DATA_VALUE, &ip.octets());
+                                });
+                            });
+                        }
+                    });
+                },
+            );
+        }
+        out.nft(
+            NFT_MSG_NEWCHAIN,
+            NLM_F_CREATE | NLM_F_ACK,
+            NFPROTO_ARP,
+            |m| {
+                m.string(NFTA_CHAIN_TABLE, TABLE);
+                m.string(NFTA_CHAIN_NAME, ARP_CHAIN);
+                m.nested(NFTA_CHAIN_HOOK, |h| {
+                    h.u32(NFTA_HOOK_HOOKNUM, NF_ARP_IN);
+                    h.u32(NFTA_HOOK_PRIORITY, 0);
+                });
+                m.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+                m.string(NFTA_CHAIN_TYPE, "filter");
+            },
+        );
+        rule(&mut out, NFPROTO_ARP, ARP_CHAIN, |e| {
+            for (offset, value) in ARP_REQUEST_FIXED {
+                e.payload(NFT_PAYLOAD_NETWORK_HEADER, offset, value.len() as u32);
+                e.cmp(NFT_CMP_EQ, value);
+            }
+            e.payload(NFT_PAYLOAD_NETWORK_HEADER, ARP_TARGET_IP_OFFSET, 4);
+            e.lookup(ANSWERED_SET, 1);
+            e.counter();
+            e.verdict(NF_DROP);
+        });
+        if outcome == Outcome::Probe {
+            out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, NFPROTO_ARP, table);
+        }
+    }
+    out.message(NFNL_MSG_BATCH_END, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
+    let used = out.seq.wrapping_sub(seq);
+    (out.bytes, used)
+}
+
+/// The request for a family's table (answered with the table, or ENOENT).
+fn get_table(nfproto: u8, seq: u32) -> Vec<u8> {
+    let mut out = Batch::new(seq);
+    out.nft(NFT_MSG_GETTABLE, NLM_F_ACK, nfproto, |m| {
         m.string(NFTA_TABLE_NAME, TABLE);
     });
     out.bytes
@@ -451,6 +576,15 @@ impl Expressions<'_, '_> {
         });
     }
 
+    /// Register 1 is an element of the set `name` (created in the same batch with `id`).
+    fn lookup(&mut self, name: &str, id: u32) {
+        self.expression("lookup", |d| {
+            d.string(1, name); // NFTA_LOOKUP_SET
+            d.u32(2, NFT_REG_1); // NFTA_LOOKUP_SREG
+            d.u32(4, id); // NFTA_LOOKUP_SET_ID
+        });
+    }
+
     /// Packets and bytes that matched (`nft list table ip ferrolb` shows them).
     fn counter(&mut self) {
         self.expression("counter", |_| {});
@@ -483,6 +617,36 @@ impl Expressions<'_, '_> {
     }
 }
 
+/// Which of FerroLB's tables a request is about (for its family and its error).
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Carry(Family),
+    Arp,
+}
+
+impl Kind {
+    fn family(self) -> &'static str {
+        match self {
+            Kind::Carry(family) => family.name(),
+            Kind::Arp => "arp",
+        }
+    }
+
+    fn nfproto(self) -> u8 {
+        match self {
+            Kind::Carry(family) => family.nfproto(),
+            Kind::Arp => NFPROTO_ARP,
+        }
+    }
+
+    fn needs(self) -> &'static str {
+        match self {
+            Kind::Carry(_) => "nf_tables with the dup and ct expressions",
+            Kind::Arp => "nf_tables with the arp family",
+        }
+    }
+}
+
 /// Why the kernel refused a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum NftablesError {
@@ -492,11 +656,11 @@ pub enum NftablesError {
     Send(#[source] io::Error),
     #[error("reading the kernel's answer to the nftables batch")]
     Receive(#[source] io::Error),
-    #[error(
-        "the kernel refused table {family} {TABLE} (needs CAP_NET_ADMIN, and nf_tables with the dup and ct expressions)"
-    )]
+    #[error("the kernel refused table {family} {TABLE} (needs CAP_NET_ADMIN, and {needs})")]
     Refused {
         family: &'static str,
+        /// The kernel parts the table uses.
+        needs: &'static str,
         #[source]
         source: io::Error,
     },
@@ -542,8 +706,9 @@ impl Nftables {
         rules: &[CarryRule],
     ) -> Result<(), NftablesError> {
         let first = self.seq;
-        let (bytes, used) = batch(family, rules, Outcome::Carry, first);
-        self.request(family, &bytes, first, used).map(|_| ())
+        let (bytes, used) = batch(family, rules, Outcome::Apply, first);
+        self.request(Kind::Carry(family), &bytes, first, used)
+            .map(|_| ())
     }
 
     /// Builds `family`'s table with a sample rule and deletes it in the same transaction:
@@ -552,14 +717,40 @@ impl Nftables {
     pub fn probe(&mut self, family: Family) -> Result<(), NftablesError> {
         let first = self.seq;
         let (bytes, used) = batch(family, &[family.sample()], Outcome::Probe, first);
-        self.request(family, &bytes, first, used).map(|_| ())
+        self.request(Kind::Carry(family), &bytes, first, used)
+            .map(|_| ())
     }
 
     /// Whether `family`'s table exists (something may have flushed the ruleset).
     pub fn exists(&mut self, family: Family) -> Result<bool, NftablesError> {
+        self.table_exists(Kind::Carry(family))
+    }
+
+    /// Makes table `arp ferrolb` drop exactly the ARP requests for `answered` (none: no
+    /// table), in one transaction.
+    pub fn apply_arp(&mut self, answered: &BTreeSet<Ipv4Addr>) -> Result<(), NftablesError> {
         let first = self.seq;
-        let bytes = get_table(family, first);
-        match self.request(family, &bytes, first, 1) {
+        let (bytes, used) = arp_batch(answered, Outcome::Apply, first);
+        self.request(Kind::Arp, &bytes, first, used).map(|_| ())
+    }
+
+    /// As [`probe`](Self::probe), for table `arp ferrolb`.
+    pub fn probe_arp(&mut self) -> Result<(), NftablesError> {
+        let first = self.seq;
+        let sample = BTreeSet::from([Ipv4Addr::new(192, 0, 2, 1)]);
+        let (bytes, used) = arp_batch(&sample, Outcome::Probe, first);
+        self.request(Kind::Arp, &bytes, first, used).map(|_| ())
+    }
+
+    /// Whether table `arp ferrolb` exists.
+    pub fn arp_exists(&mut self) -> Result<bool, NftablesError> {
+        self.table_exists(Kind::Arp)
+    }
+
+    fn table_exists(&mut self, kind: Kind) -> Result<bool, NftablesError> {
+        let first = self.seq;
+        let bytes = get_table(kind.nfproto(), first);
+        match self.request(kind, &bytes, first, 1) {
             Ok(answered) => Ok(answered),
             Err(NftablesError::Refused { source, .. })
                 if source.raw_os_error() == Some(libc::ENOENT) =>
@@ -574,7 +765,7 @@ impl Nftables {
     /// the kernel answered with data (a table), Ok if it acknowledged without error.
     fn request(
         &mut self,
-        family: Family,
+        kind: Kind,
         bytes: &[u8],
         first: u32,
         used: u32,
@@ -627,7 +818,8 @@ impl Nftables {
         }
         if let Some(errno) = refused {
             return Err(NftablesError::Refused {
-                family: family.name(),
+                family: kind.family(),
+                needs: kind.needs(),
                 source: io::Error::from_raw_os_error(-errno),
             });
         }
@@ -698,7 +890,7 @@ mod tests {
     #[test]
     fn nothing_carried_removes_the_table_in_one_batch() {
         for family in Family::ALL {
-            let (bytes, used) = batch(family, &[], Outcome::Carry, 7);
+            let (bytes, used) = batch(family, &[], Outcome::Apply, 7);
             let proto = family.nfproto();
             let msgs = messages(&bytes);
             let kinds: Vec<(u16, u8)> = msgs.iter().map(|m| (m.0, m.2)).collect();
@@ -737,7 +929,7 @@ mod tests {
             },
         ];
         let rules_of = |family: Family| -> Vec<Vec<u8>> {
-            messages(&batch(family, &rules, Outcome::Carry, 1).0)
+            messages(&batch(family, &rules, Outcome::Apply, 1).0)
                 .into_iter()
                 .filter(|m| m.0 == nft(NFT_MSG_NEWRULE))
                 .inspect(|m| assert_eq!(m.2, family.nfproto()))
@@ -768,6 +960,56 @@ mod tests {
         );
         assert_eq!(kinds[kinds.len() - 2], nft(NFT_MSG_DELTABLE), "{kinds:?}");
         assert_eq!(used as usize, kinds.len());
+    }
+
+    #[test]
+    fn the_arp_table_lists_every_answered_ip_in_chunks_or_goes() {
+        let kinds = |bytes: &[u8]| -> Vec<(u16, u8)> {
+            messages(bytes).iter().map(|m| (m.0, m.2)).collect()
+        };
+        let (bytes, used) = arp_batch(&BTreeSet::new(), Outcome::Apply, 3);
+        assert_eq!(
+            kinds(&bytes),
+            vec![
+                (NFNL_MSG_BATCH_BEGIN, 0),
+                (nft(NFT_MSG_NEWTABLE), NFPROTO_ARP),
+                (nft(NFT_MSG_DELTABLE), NFPROTO_ARP),
+                (NFNL_MSG_BATCH_END, 0),
+            ],
+            "nothing answered: no table"
+        );
+        assert_eq!(used, 4);
+
+        let answered: BTreeSet<Ipv4Addr> = (0..600u32)
+            .map(|i| Ipv4Addr::from(0x0afa_0000 + i))
+            .collect();
+        let (bytes, used) = arp_batch(&answered, Outcome::Apply, 1);
+        let msgs = messages(&bytes);
+        let elements: Vec<&Vec<u8>> = msgs
+            .iter()
+            .filter(|m| m.0 == nft(NFT_MSG_NEWSETELEM))
+            .map(|m| &m.3)
+            .collect();
+        assert_eq!(elements.len(), 3, "600 elements in messages of 256");
+        for ip in &answered {
+            let in_one = elements
+                .iter()
+                .filter(|e| contains(e, &ip.octets()))
+                .count();
+            assert!(in_one >= 1, "{ip} missing");
+        }
+        let rule = msgs.iter().find(|m| m.0 == nft(NFT_MSG_NEWRULE)).unwrap();
+        assert!(contains(&rule.3, b"lookup\0") && contains(&rule.3, b"answered\0"));
+        assert!(msgs.iter().all(|m| m.2 == NFPROTO_ARP || m.2 == 0));
+        assert_eq!(used as usize, msgs.len());
+
+        let (bytes, _) = arp_batch(&answered, Outcome::Probe, 1);
+        let msgs = messages(&bytes);
+        assert_eq!(
+            msgs[msgs.len() - 2].0,
+            nft(NFT_MSG_DELTABLE),
+            "the probe leaves nothing"
+        );
     }
 
     #[test]
@@ -819,7 +1061,7 @@ mod tests {
     #[test]
     fn carried_rules_skip_packets_at_ttl_1() {
         let rules = [Family::Ip.sample()];
-        let msgs = messages(&batch(Family::Ip, &rules, Outcome::Carry, 1).0);
+        let msgs = messages(&batch(Family::Ip, &rules, Outcome::Apply, 1).0);
         let hooked: Vec<&Vec<u8>> = msgs
             .iter()
             .filter(|m| m.0 == nft(NFT_MSG_NEWRULE) && contains(&m.3, b"prerouting\0"))

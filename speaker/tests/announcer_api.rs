@@ -160,3 +160,68 @@ fn set_owned_moves_the_answers_at_once() {
     a1.shutdown();
     a2.shutdown();
 }
+
+/// `nft list table arp ferrolb` in `ns` (empty when there is no such table).
+fn arp_table(ns: &Namespace) -> String {
+    let out = ns
+        .exec(["nft", "list", "table", "arp", "ferrolb"])
+        .expect("nft runs in the node");
+    String::from_utf8(out.stdout).expect("nft prints text")
+}
+
+/// Polls `arp_table` until `done` holds (the table is written off the announcer's thread).
+fn arp_table_until(ns: &Namespace, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let table = arp_table(ns);
+        if done(&table) {
+            return table;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 5 s; table:\n{table}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With `kernel_arp`, the owner's kernel drops the requests for the owned IP at its ARP input
+/// (table `arp ferrolb` lists it and counts them) while the speaker answers every one; the
+/// table follows ownership and is gone once the announcer has stopped.
+#[test]
+fn the_kernel_skips_the_requests_the_speaker_answers() {
+    lab_or_skip!("nft");
+    let lab = Lab::builder().nodes(1).build().unwrap();
+    let (client, n1) = (lab.client(), lab.node(1).unwrap());
+    let config = AnnouncerConfig {
+        kernel_arp: true,
+        ..AnnouncerConfig::default()
+    };
+    let (announcer, _events) = n1.ns().within(|| {
+        let (announcer, events) = Announcer::start(config).expect("the announcer starts");
+        announcer.set_links(links());
+        (announcer, events)
+    });
+
+    announcer.set_owned(owned(VIP));
+    arp_table_until(n1.ns(), "the owned IP listed", |t| {
+        t.contains("elements = { 10.250.0.100 }")
+    });
+    let answers =
+        ferrolb_e2e::tools::arping(client.ns(), "eth0", VIP, 3, Duration::from_millis(100))
+            .unwrap();
+    assert_eq!(answers, [n1.mac(); 3], "the speaker answers every request");
+    let table = arp_table(n1.ns());
+    assert!(
+        table.contains("@answered counter packets 3 "),
+        "the kernel dropped the three requests at its ARP input:\n{table}"
+    );
+
+    announcer.set_owned(BTreeMap::new());
+    arp_table_until(n1.ns(), "no table without an owned IP", str::is_empty);
+    announcer.set_owned(owned(VIP));
+    arp_table_until(n1.ns(), "listed again", |t| t.contains("10.250.0.100"));
+    announcer.shutdown();
+    assert_eq!(arp_table(n1.ns()), "", "removed when the announcer stops");
+    lab.teardown().unwrap();
+}

@@ -1,10 +1,15 @@
-//! The carry rules written over netlink, read back with `nft` inside a lab node: the kernel
-//! takes the batch, the ruleset is the one documented, a new set replaces the old one whole,
-//! an empty set leaves no table behind, a flushed table is noticed, and the start-up probe
-//! leaves nothing either.
+//! The carry rules and the ARP table written over netlink, read back with `nft` inside a lab
+//! node: the kernel takes the batch, the ruleset is the one documented, a new set replaces the
+//! old one whole, an empty set leaves no table behind, a flushed table is noticed, and the
+//! start-up probe leaves nothing either. The ARP table drops what it lists and nothing else.
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ferrolb_e2e::tools::arping;
 use ferrolb_e2e::{Lab, Namespace, lab_or_skip};
 use ferrolb_speaker::nftables::{CarryRule, Family, Nftables};
 
@@ -115,5 +120,90 @@ fn thousands_of_carried_ips_fit_one_batch() {
     assert_eq!(text.matches("dup to 10.250.0.2 drop").count(), n as usize);
     apply(&ns, vec![]);
     assert!(!listed(&ns).contains("ferrolb {"));
+
+    // And the ARP table lists as many answered IPs.
+    let answered: Vec<Ipv4Addr> = (0..n)
+        .map(|i| Ipv4Addr::from([10, 251, (i >> 8) as u8, i as u8]))
+        .collect();
+    apply_arp(&ns, &answered);
+    let text = listed(&ns);
+    assert!(
+        text.contains("10.251.0.0") && text.contains(&answered[answered.len() - 1].to_string())
+    );
+    apply_arp(&ns, &[]);
+    assert!(!listed(&ns).contains("ferrolb {"));
+    lab.teardown().unwrap();
+}
+
+fn apply_arp(ns: &Namespace, answered: &[Ipv4Addr]) {
+    let answered: BTreeSet<Ipv4Addr> = answered.iter().copied().collect();
+    ns.within(move || Nftables::open().unwrap().apply_arp(&answered).unwrap());
+}
+
+fn arp_exists(ns: &Namespace) -> bool {
+    ns.within(|| Nftables::open().unwrap().arp_exists().unwrap())
+}
+
+/// The node's kernel drops ARP requests for the listed IPs (and counts them), and still
+/// answers for its own address; the table follows the list and goes with an empty one.
+#[test]
+fn the_arp_table_drops_requests_for_the_listed_ips_only() {
+    lab_or_skip!("nft");
+    let lab = Lab::builder().nodes(1).build().unwrap();
+    let node = &lab.nodes()[0];
+    let ns = node.ns().clone();
+    let client = lab.client().ns();
+    let own = node.ipv4();
+    let vip: Ipv4Addr = "10.250.0.100".parse().unwrap();
+
+    // Unlisted at first: the node's own address is what its kernel answers for.
+    apply_arp(&ns, &[vip, "10.250.0.101".parse().unwrap()]);
+    let text = listed(&ns);
+    for line in [
+        "table arp ferrolb {",
+        "type ipv4_addr",
+        "elements = { 10.250.0.100, 10.250.0.101 }",
+        "type filter hook input priority filter; policy accept;",
+        "arp daddr ip @answered counter packets 0 bytes 0 drop",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let interval = Duration::from_millis(100);
+    assert_eq!(
+        arping(client, "eth0", own, 2, interval).unwrap().len(),
+        2,
+        "the kernel still answers for the node's own address"
+    );
+    arping(client, "eth0", vip, 3, interval).unwrap();
+    let text = listed(&ns);
+    assert!(
+        text.contains("@answered counter packets 3 "),
+        "the three requests for the VIP were dropped, not the others:\n{text}"
+    );
+
+    // The node's own address listed: its kernel no longer answers for it.
+    apply_arp(&ns, &[own]);
+    assert!(arping(client, "eth0", own, 2, interval).unwrap().is_empty());
+    assert!(!listed(&ns).contains("10.250.0.100"), "the old set is gone");
+
+    // A flushed ruleset is noticed; an empty list leaves no table; the probe leaves nothing.
+    assert!(arp_exists(&ns));
+    ns.run(["nft", "flush", "ruleset"]).unwrap();
+    assert!(!arp_exists(&ns));
+    apply_arp(&ns, &[vip]);
+    assert!(arp_exists(&ns));
+    apply_arp(&ns, &[]);
+    assert!(!arp_exists(&ns));
+    apply_arp(&ns, &[vip]);
+    ns.within(|| Nftables::open().unwrap().probe_arp().unwrap());
+    assert!(
+        !listed(&ns).contains("ferrolb {"),
+        "the probe leaves nothing"
+    );
+    assert_eq!(
+        arping(client, "eth0", own, 1, interval).unwrap().len(),
+        1,
+        "and the kernel answers again"
+    );
     lab.teardown().unwrap();
 }
