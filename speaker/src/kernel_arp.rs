@@ -101,7 +101,7 @@ fn follow(rx: &mpsc::Receiver<BTreeSet<Ipv4Addr>>) {
                 error = %describe(&error),
                 "ARP requests for the IPs this node answers also take the kernel's ARP path (the replies leave a little later)"
             );
-            // Still drain the channel until the announcer stops, so senders never block.
+            // Still drain the channel until the announcer stops, so sets do not pile up.
             while rx.recv().is_ok() {}
             return;
         }
