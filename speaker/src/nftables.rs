@@ -212,58 +212,82 @@ pub fn batch(family: Family, rules: &[CarryRule], outcome: Outcome, seq: u32) ->
         .iter()
         .filter(|r| Family::of(r.vip) == family && Family::of(r.to) == family)
         .collect();
+    let define = |out: &mut Batch| define_carry_table(out, family, &mine);
+    transaction(
+        family.nfproto(),
+        outcome,
+        seq,
+        (!mine.is_empty()).then_some(define),
+    )
+}
+
+/// The hooked chain that picks out packets of unknown connections, and the per-IP rules.
+fn define_carry_table(out: &mut Batch, family: Family, mine: &[&CarryRule]) {
     let proto = family.nfproto();
     let (ttl_offset, daddr_offset) = family.offsets();
+    out.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, proto, |m| {
+        m.string(NFTA_CHAIN_TABLE, TABLE);
+        m.string(NFTA_CHAIN_NAME, HOOKED_CHAIN);
+        m.nested(NFTA_CHAIN_HOOK, |h| {
+            h.u32(NFTA_HOOK_HOOKNUM, NF_INET_PRE_ROUTING);
+            h.u32(NFTA_HOOK_PRIORITY, NF_IP_PRI_MANGLE as u32);
+        });
+        m.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+        m.string(NFTA_CHAIN_TYPE, "filter");
+    });
+    out.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, proto, |m| {
+        m.string(NFTA_CHAIN_TABLE, TABLE);
+        m.string(NFTA_CHAIN_NAME, CARRIED_CHAIN);
+    });
+    // A packet of a connection this node never saw: an ACK (conntrack picks it up as
+    // new), or a FIN or RST (conntrack finds no state to pick up: invalid).
+    let unknown: [(u8, u8, u32); 3] = [
+        (TCP_SYN, 0, CT_STATE_NEW),
+        (TCP_SYN | TCP_FIN | TCP_RST, TCP_FIN, CT_STATE_INVALID),
+        (TCP_SYN | TCP_RST, TCP_RST, CT_STATE_INVALID),
+    ];
+    for (mask, flags, state) in unknown {
+        rule(out, proto, HOOKED_CHAIN, |e| {
+            e.payload(NFT_PAYLOAD_NETWORK_HEADER, ttl_offset, 1);
+            e.cmp(NFT_CMP_GT, &[1]);
+            e.tcp_flags(mask, flags);
+            e.ct_state(state);
+            e.goto(CARRIED_CHAIN);
+        });
+    }
+    for r in mine {
+        let (vip, to) = (octets(r.vip), octets(r.to));
+        rule(out, proto, CARRIED_CHAIN, |e| {
+            e.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr_offset, vip.len() as u32);
+            e.cmp(NFT_CMP_EQ, &vip);
+            e.counter();
+            e.immediate_data(&to);
+            e.dup();
+            e.verdict(NF_DROP);
+        });
+    }
+}
+
+/// One transaction on FerroLB's table of family `nfproto`: create it (a no-op if it exists)
+/// and delete it, so nothing of before remains; with `define`, create it again and let
+/// `define` fill it (and, for a probe, delete it once more). Returns the bytes and how many
+/// messages they number from `seq`.
+fn transaction(
+    nfproto: u8,
+    outcome: Outcome,
+    seq: u32,
+    define: Option<impl FnOnce(&mut Batch)>,
+) -> (Vec<u8>, u32) {
     let mut out = Batch::new(seq);
     out.message(NFNL_MSG_BATCH_BEGIN, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
     let table = |m: &mut Attributes<'_>| m.string(NFTA_TABLE_NAME, TABLE);
-    out.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, proto, table);
-    out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, proto, table);
-    if !mine.is_empty() {
-        out.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, proto, table);
-        out.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, proto, |m| {
-            m.string(NFTA_CHAIN_TABLE, TABLE);
-            m.string(NFTA_CHAIN_NAME, HOOKED_CHAIN);
-            m.nested(NFTA_CHAIN_HOOK, |h| {
-                h.u32(NFTA_HOOK_HOOKNUM, NF_INET_PRE_ROUTING);
-                h.u32(NFTA_HOOK_PRIORITY, NF_IP_PRI_MANGLE as u32);
-            });
-            m.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
-            m.string(NFTA_CHAIN_TYPE, "filter");
-        });
-        out.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, proto, |m| {
-            m.string(NFTA_CHAIN_TABLE, TABLE);
-            m.string(NFTA_CHAIN_NAME, CARRIED_CHAIN);
-        });
-        // A packet of a connection this node never saw: an ACK (conntrack picks it up as
-        // new), or a FIN or RST (conntrack finds no state to pick up: invalid).
-        let unknown: [(u8, u8, u32); 3] = [
-            (TCP_SYN, 0, CT_STATE_NEW),
-            (TCP_SYN | TCP_FIN | TCP_RST, TCP_FIN, CT_STATE_INVALID),
-            (TCP_SYN | TCP_RST, TCP_RST, CT_STATE_INVALID),
-        ];
-        for (mask, flags, state) in unknown {
-            rule(&mut out, proto, HOOKED_CHAIN, |e| {
-                e.payload(NFT_PAYLOAD_NETWORK_HEADER, ttl_offset, 1);
-                e.cmp(NFT_CMP_GT, &[1]);
-                e.tcp_flags(mask, flags);
-                e.ct_state(state);
-                e.goto(CARRIED_CHAIN);
-            });
-        }
-        for r in mine {
-            let (vip, to) = (octets(r.vip), octets(r.to));
-            rule(&mut out, proto, CARRIED_CHAIN, |e| {
-                e.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr_offset, vip.len() as u32);
-                e.cmp(NFT_CMP_EQ, &vip);
-                e.counter();
-                e.immediate_data(&to);
-                e.dup();
-                e.verdict(NF_DROP);
-            });
-        }
+    out.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, nfproto, table);
+    out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, nfproto, table);
+    if let Some(define) = define {
+        out.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, nfproto, table);
+        define(&mut out);
         if outcome == Outcome::Probe {
-            out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, proto, table);
+            out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, nfproto, table);
         }
     }
     out.message(NFNL_MSG_BATCH_END, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
@@ -289,83 +313,68 @@ const ARP_TARGET_IP_OFFSET: u32 = 24;
 /// The netlink batch that makes table `arp ferrolb` drop exactly the ARP requests for
 /// `answered` at the kernel's ARP input (none: no table), in one transaction; as [`batch`].
 pub fn arp_batch(answered: &BTreeSet<Ipv4Addr>, outcome: Outcome, seq: u32) -> (Vec<u8>, u32) {
-    let mut out = Batch::new(seq);
-    out.message(NFNL_MSG_BATCH_BEGIN, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
-    let table = |m: &mut Attributes<'_>| m.string(NFTA_TABLE_NAME, TABLE);
-    out.nft(
-        NFT_MSG_NEWTABLE,
-        NLM_F_CREATE | NLM_F_ACK,
+    let define = |out: &mut Batch| define_arp_table(out, answered);
+    transaction(
         NFPROTO_ARP,
-        table,
-    );
-    out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, NFPROTO_ARP, table);
-    if !answered.is_empty() {
+        outcome,
+        seq,
+        (!answered.is_empty()).then_some(define),
+    )
+}
+
+/// The set of answered IPs and the chain whose rule drops the requests for them.
+fn define_arp_table(out: &mut Batch, answered: &BTreeSet<Ipv4Addr>) {
+    out.nft(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_ACK, NFPROTO_ARP, |m| {
+        m.string(NFTA_SET_TABLE, TABLE);
+        m.string(NFTA_SET_NAME, ANSWERED_SET);
+        m.u32(NFTA_SET_KEY_TYPE, TYPE_IPADDR);
+        m.u32(NFTA_SET_KEY_LEN, 4);
+        m.u32(NFTA_SET_ID, 1);
+    });
+    let ips: Vec<&Ipv4Addr> = answered.iter().collect();
+    for chunk in ips.chunks(ELEMENTS_PER_MESSAGE) {
         out.nft(
-            NFT_MSG_NEWTABLE,
-            NLM_F_CREATE | NLM_F_ACK,
-            NFPROTO_ARP,
-            table,
-        );
-        out.nft(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_ACK, NFPROTO_ARP, |m| {
-            m.string(NFTA_SET_TABLE, TABLE);
-            m.string(NFTA_SET_NAME, ANSWERED_SET);
-            m.u32(NFTA_SET_KEY_TYPE, TYPE_IPADDR);
-            m.u32(NFTA_SET_KEY_LEN, 4);
-            m.u32(NFTA_SET_ID, 1);
-        });
-        let ips: Vec<&Ipv4Addr> = answered.iter().collect();
-        for chunk in ips.chunks(ELEMENTS_PER_MESSAGE) {
-            out.nft(
-                NFT_MSG_NEWSETELEM,
-                NLM_F_CREATE | NLM_F_ACK,
-                NFPROTO_ARP,
-                |m| {
-                    m.string(NFTA_SET_ELEM_LIST_TABLE, TABLE);
-                    m.string(NFTA_SET_ELEM_LIST_SET, ANSWERED_SET);
-                    m.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
-                        for ip in chunk {
-                            list.nested(NFTA_LIST_ELEM, |e| {
-                                e.nested(NFTA_SET_ELEM_KEY, |k| {
-                                    k.raw(NFTA_DATA_VALUE, &ip.octets());
-                                });
-                            });
-                        }
-                    });
-                },
-            );
-        }
-        out.nft(
-            NFT_MSG_NEWCHAIN,
+            NFT_MSG_NEWSETELEM,
             NLM_F_CREATE | NLM_F_ACK,
             NFPROTO_ARP,
             |m| {
-                m.string(NFTA_CHAIN_TABLE, TABLE);
-                m.string(NFTA_CHAIN_NAME, ARP_CHAIN);
-                m.nested(NFTA_CHAIN_HOOK, |h| {
-                    h.u32(NFTA_HOOK_HOOKNUM, NF_ARP_IN);
-                    h.u32(NFTA_HOOK_PRIORITY, 0);
+                m.string(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                m.string(NFTA_SET_ELEM_LIST_SET, ANSWERED_SET);
+                m.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+                    for ip in chunk {
+                        list.nested(NFTA_LIST_ELEM, |e| {
+                            e.nested(NFTA_SET_ELEM_KEY, |k| k.raw(NFTA_DATA_VALUE, &ip.octets()));
+                        });
+                    }
                 });
-                m.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
-                m.string(NFTA_CHAIN_TYPE, "filter");
             },
         );
-        rule(&mut out, NFPROTO_ARP, ARP_CHAIN, |e| {
-            for (offset, value) in ARP_REQUEST_FIXED {
-                e.payload(NFT_PAYLOAD_NETWORK_HEADER, offset, value.len() as u32);
-                e.cmp(NFT_CMP_EQ, value);
-            }
-            e.payload(NFT_PAYLOAD_NETWORK_HEADER, ARP_TARGET_IP_OFFSET, 4);
-            e.lookup(ANSWERED_SET, 1);
-            e.counter();
-            e.verdict(NF_DROP);
-        });
-        if outcome == Outcome::Probe {
-            out.nft(NFT_MSG_DELTABLE, NLM_F_ACK, NFPROTO_ARP, table);
-        }
     }
-    out.message(NFNL_MSG_BATCH_END, 0, 0, NFNL_SUBSYS_NFTABLES, |_| {});
-    let used = out.seq.wrapping_sub(seq);
-    (out.bytes, used)
+    out.nft(
+        NFT_MSG_NEWCHAIN,
+        NLM_F_CREATE | NLM_F_ACK,
+        NFPROTO_ARP,
+        |m| {
+            m.string(NFTA_CHAIN_TABLE, TABLE);
+            m.string(NFTA_CHAIN_NAME, ARP_CHAIN);
+            m.nested(NFTA_CHAIN_HOOK, |h| {
+                h.u32(NFTA_HOOK_HOOKNUM, NF_ARP_IN);
+                h.u32(NFTA_HOOK_PRIORITY, 0);
+            });
+            m.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+            m.string(NFTA_CHAIN_TYPE, "filter");
+        },
+    );
+    rule(out, NFPROTO_ARP, ARP_CHAIN, |e| {
+        for (offset, value) in ARP_REQUEST_FIXED {
+            e.payload(NFT_PAYLOAD_NETWORK_HEADER, offset, value.len() as u32);
+            e.cmp(NFT_CMP_EQ, value);
+        }
+        e.payload(NFT_PAYLOAD_NETWORK_HEADER, ARP_TARGET_IP_OFFSET, 4);
+        e.lookup(ANSWERED_SET, 1);
+        e.counter();
+        e.verdict(NF_DROP);
+    });
 }
 
 /// The request for a family's table (answered with the table, or ENOENT).
