@@ -297,7 +297,7 @@ fn transaction(
 
 const ANSWERED_SET: &str = "answered";
 const ARP_CHAIN: &str = "input";
-/// Elements per message: a message stays far below a page's worth of any buffer.
+/// Elements per message: each message of elements stays around 4 KiB.
 const ELEMENTS_PER_MESSAGE: usize = 256;
 /// Offsets in the ARP header (RFC 826): the fixed part up to the operation, and the target
 /// protocol address of an Ethernet/IPv4 ARP packet.
