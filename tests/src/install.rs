@@ -314,6 +314,13 @@ impl Install {
 
     /// Starts the speaker of node `i` (counted from 1).
     pub fn start_speaker(&mut self, i: usize) -> Result<()> {
+        let key_file = self.key_file.clone();
+        self.start_speaker_keyed(i, &key_file)
+    }
+
+    /// Starts the speaker of node `i` with its membership key read from `key_file` (another
+    /// cluster's key, say).
+    pub fn start_speaker_keyed(&mut self, i: usize, key_file: &Path) -> Result<()> {
         let node = self.node(i)?.clone();
         let mut argv: Vec<String> = vec![
             self.speaker_bin.to_string_lossy().into_owned(),
@@ -323,7 +330,7 @@ impl Install {
             "--state-dir".to_owned(),
             self.dir.to_string_lossy().into_owned(),
             "--membership-key-file".to_owned(),
-            self.key_file.to_string_lossy().into_owned(),
+            key_file.to_string_lossy().into_owned(),
             "--metrics-addr".to_owned(),
             "127.0.0.1:7473".to_owned(),
         ];
