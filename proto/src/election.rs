@@ -25,8 +25,10 @@ impl ElectionKey {
     }
 }
 
-/// A node's standing in one election; lower ranks first.
-fn score(node: &str, key: ElectionKey) -> [u8; 32] {
+/// A node's standing in one election; lower ranks first. Public so that two speakers that both
+/// claim an IP can settle who keeps it by the order the election would have chosen
+/// ([`crate::wire::mark`]).
+pub fn score(node: &str, key: ElectionKey) -> [u8; 32] {
     let mut hash = Sha256::new();
     hash.update(node.as_bytes());
     // The separator keeps ("ab", key) and ("a", "b"+key) apart.

@@ -26,6 +26,7 @@ use std::fmt;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::GossipError;
@@ -111,6 +112,15 @@ impl Key {
 
     pub fn id(&self) -> KeyId {
         self.id
+    }
+
+    /// A key for another use of the same secret (HMAC-SHA256 of `purpose` under this key), so
+    /// that no two uses ever share key material.
+    pub fn derive(&self, purpose: &str) -> [u8; KEY_LEN] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.bytes)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 }
 
@@ -251,6 +261,11 @@ impl KeyRing {
         let mut keys = keys.into_iter().map(|(_, k)| k);
         let primary = keys.next().ok_or(KeyError::Empty)?;
         Ok(KeyRing::new(primary, keys))
+    }
+
+    /// Every key of the ring, the primary first.
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        std::iter::once(&self.primary.key).chain(self.secondary.iter().map(|c| &c.key))
     }
 
     /// The id of the key datagrams are sealed with.

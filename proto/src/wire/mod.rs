@@ -15,12 +15,15 @@
 //!   [`gratuitous_arp_reply`], [`arp_probe`], [`arp_announcement`], [`solicited_na`],
 //!   [`unsolicited_na`], [`dad_solicit`]; and [`solicited_node`] / [`MacAddr::ipv6_multicast`]
 //!   to join the groups its solicitations arrive on.
+//! - [`mark`]: the sealed mark it appends to its claims, by which speakers of one cluster know
+//!   each other's claims from a foreign host's.
 
 mod arp;
 mod ethernet;
 mod frames;
 mod icmpv6;
 mod ipv6;
+pub mod mark;
 mod ndisc;
 
 use std::fmt;
