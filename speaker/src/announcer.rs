@@ -1,7 +1,8 @@
 //! The layer-2 announcer: responder threads (per interface, one per CPU, see
 //! [`socket::open_per_cpu`]) answering ARP and NDP for the IPs this node owns, and one control
-//! thread that probes new IPs, sends gratuitous announcements and reports conflicts. Callers
-//! only say which IPs are owned and which links exist.
+//! thread that carries out what the [`Lifecycle`] of the owned IPs decides: probes, checks,
+//! gratuitous announcements, what each interface answers, and the events. Callers only say which
+//! IPs are owned and which links exist.
 //!
 //! The responders read the owned set from an `ArcSwap` snapshot, so the per-frame path takes
 //! no lock; everything else goes through the control thread's channel. A responder blocks in
@@ -13,19 +14,23 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use ferrolb_proto::wire::mark::Marker;
 use ferrolb_proto::wire::{MacAddr, solicited_node};
 use tracing::{debug, info, trace, warn};
 
-use crate::conflict::{self, Probe, ProbeOutcome, ProbePlan, ProbeStep};
-use crate::gratuitous::{self, Burst, GratuitousPlan};
+use crate::conflict::ProbePlan;
+use crate::gratuitous::GratuitousPlan;
 use crate::interfaces::{self, ExcludePatterns, Link};
 use crate::kernel_arp::KernelArp;
-use crate::responder::{self, Claim, Evidence, OwnedIps};
+use crate::lifecycle::{self, CheckPlan, Effect, Input, Lifecycle, Plans, Purpose, Wire};
+use crate::responder::{self, Claim, OwnedIps};
 use crate::scheduling;
 use crate::socket::{self, PacketSocket, SocketControl};
+
+pub use crate::lifecycle::{Intent, Start};
 
 /// Everything the announcer can be tuned with; the defaults suit a home lab.
 #[derive(Debug, Clone, Default)]
@@ -33,36 +38,19 @@ pub struct AnnouncerConfig {
     pub exclude: ExcludePatterns,
     pub gratuitous: GratuitousPlan,
     pub probe: ProbePlan,
+    pub check: CheckPlan,
     /// Let the kernel skip the ARP requests the speaker answers ([`crate::kernel_arp`]).
     pub kernel_arp: bool,
-}
-
-/// How one owned IP is to be announced.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Intent {
-    /// The advertisement's `interfaces`: empty means every eligible interface.
-    pub interfaces: Vec<String>,
-    /// Probe for another holder before the first announcement. The caller sets it for an IP the
-    /// cluster has never announced; a takeover of an announced IP must not wait for a probe.
-    pub probe_first: bool,
+    /// Seals this node's claims and recognises other speakers' ([`ferrolb_proto::wire::mark`]);
+    /// without it every other claim counts as a foreign host's.
+    pub marker: Option<Marker>,
 }
 
 /// What the announcer tells its caller (for Events, metrics and status).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Now answering for `ip` on these interfaces, and announcing it.
-    Announcing { ip: IpAddr, interfaces: Vec<String> },
-    /// Another station claims `ip`. `announced` false: found by the probe, so the IP is not
-    /// announced (probed again later); true: seen while we own and announce it.
-    Conflict {
-        ip: IpAddr,
-        iface: String,
-        mac: MacAddr,
-        evidence: Evidence,
-        announced: bool,
-    },
-    /// None of the requested interfaces exists or is eligible: nothing is sent for `ip`.
-    NoInterface { ip: IpAddr, wanted: Vec<String> },
+    /// What happened to an owned IP.
+    Ip(lifecycle::Event),
     /// The responder of `iface` failed; it is retried when the links change.
     ResponderFailed { iface: String, error: String },
 }
@@ -76,7 +64,10 @@ pub struct IpStats {
     pub requests_received: u64,
     pub replies_sent: u64,
     pub gratuitous_sent: u64,
+    /// Claim frames of foreign stations on the IP.
     pub conflicts: u64,
+    /// Claim frames of other speakers of this cluster on the IP (a split membership).
+    pub splits: u64,
 }
 
 /// Counters of one interface's responder.
@@ -100,6 +91,7 @@ struct IpCounters {
     replies: AtomicU64,
     gratuitous: AtomicU64,
     conflicts: AtomicU64,
+    splits: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +134,7 @@ impl Registry {
                         replies_sent: load(&c.replies),
                         gratuitous_sent: load(&c.gratuitous),
                         conflicts: load(&c.conflicts),
+                        splits: load(&c.splits),
                     };
                     (*ip, stats)
                 })
@@ -164,6 +157,7 @@ enum Msg {
     Links(Vec<Link>),
     Owned(BTreeMap<IpAddr, Intent>),
     Reannounce,
+    Leaving,
     Claim { iface: String, claim: Claim },
     ResponderFailed { iface: String, error: String },
     Shutdown,
@@ -187,14 +181,18 @@ impl Announcer {
         let (tx, rx) = mpsc::channel();
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let registry = Arc::new(Registry::default());
-        let kernel_arp = KernelArp::start(config.kernel_arp);
+        let plans = Plans {
+            probe: config.probe,
+            check: config.check,
+            gratuitous: config.gratuitous,
+        };
         let mut control = Control {
-            config,
-            kernel_arp,
+            lifecycle: Lifecycle::new(plans, config.exclude.clone(), config.marker),
+            exclude: config.exclude,
+            kernel_arp: KernelArp::start(config.kernel_arp),
             answered_v4: BTreeSet::new(),
             links: Vec::new(),
-            intents: BTreeMap::new(),
-            ips: BTreeMap::new(),
+            answer: BTreeMap::new(),
             responders: BTreeMap::new(),
             failed: BTreeSet::new(),
             msgs: tx.clone(),
@@ -222,8 +220,8 @@ impl Announcer {
     }
 
     /// The IPs this node owns now, replacing the previous set. An IP left out stops being
-    /// answered at once (the next frame already sees the new set); a new one is probed or
-    /// announced right away.
+    /// answered at once (the next frame already sees the new set); a new one is probed, checked
+    /// or announced right away, as its [`Intent`] says.
     pub fn set_owned(&self, owned: BTreeMap<IpAddr, Intent>) {
         let ips: BTreeSet<IpAddr> = owned.keys().copied().collect();
         let _ = self.tx.send(Msg::Owned(owned));
@@ -245,6 +243,13 @@ impl Announcer {
     /// announced too).
     pub fn reannounce(&self) {
         let _ = self.tx.send(Msg::Reannounce);
+    }
+
+    /// This node is leaving: each IP stops being answered as soon as another speaker of the
+    /// cluster claims it (its successor has announced), and by [`shutdown`](Self::shutdown)
+    /// at the latest.
+    pub fn leaving(&self) {
+        let _ = self.tx.send(Msg::Leaving);
     }
 
     pub fn stats(&self) -> Stats {
@@ -304,7 +309,7 @@ impl Responder {
     fn sync_groups(&mut self, owned: &OwnedIps) {
         let wanted: BTreeSet<MacAddr> = owned
             .answering
-            .iter()
+            .keys()
             .chain(&owned.probing)
             .filter_map(|ip| match ip {
                 IpAddr::V6(ip) => Some(MacAddr::ipv6_multicast(solicited_node(*ip))),
@@ -325,40 +330,16 @@ impl Responder {
     }
 }
 
-#[derive(Debug)]
-enum Phase {
-    /// No selected interface exists.
-    NoInterface,
-    Probing(Probe),
-    /// Answering on each interface, with its gratuitous schedule.
-    Announcing(BTreeMap<String, Burst>),
-    /// A probe found another holder; probe again at `recheck_at`.
-    Conflicted {
-        recheck_at: Instant,
-    },
-}
-
-#[derive(Debug)]
-struct IpState {
-    ifaces: Vec<String>,
-    phase: Phase,
-    last_conflict_report: Option<Instant>,
-    /// The first claim seen during the current probe, for the conflict event.
-    probe_claim: Option<(String, Claim)>,
-}
-
-/// The same conflict seen while owning is reported at most this often (a conflicting host may
-/// announce every second; each frame is still counted).
-const CONFLICT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-
+/// The control thread: the lifecycle, and the sockets, counters and kernel table it drives.
 struct Control {
-    config: AnnouncerConfig,
+    lifecycle: Lifecycle,
+    exclude: ExcludePatterns,
     kernel_arp: KernelArp,
     /// The IPv4 addresses last given to `kernel_arp`.
     answered_v4: BTreeSet<Ipv4Addr>,
     links: Vec<Link>,
-    intents: BTreeMap<IpAddr, Intent>,
-    ips: BTreeMap<IpAddr, IpState>,
+    /// What each interface answers, as the lifecycle last said.
+    answer: BTreeMap<String, OwnedIps>,
     responders: BTreeMap<String, Responder>,
     /// Interfaces whose responder failed: not retried until the links change.
     failed: BTreeSet<String>,
@@ -371,16 +352,41 @@ impl Control {
     fn run(&mut self, rx: &mpsc::Receiver<Msg>) {
         loop {
             let now = Instant::now();
-            let msg = match self.next_deadline(now) {
+            let msg = match self.lifecycle.next_deadline(now) {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(now)),
                 None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             };
-            match msg {
+            let input = match msg {
                 Ok(Msg::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Ok(msg) => self.handle(msg),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => Input::Tick,
+                Ok(Msg::Links(links)) => {
+                    self.links.clone_from(&links);
+                    self.failed.clear();
+                    Input::Links(links)
+                }
+                Ok(Msg::Owned(intents)) => Input::Owned(intents),
+                Ok(Msg::Reannounce) => Input::Reannounce,
+                Ok(Msg::Leaving) => Input::Leaving,
+                Ok(Msg::Claim { iface, claim }) => Input::Claim { iface, claim },
+                Ok(Msg::ResponderFailed { iface, error }) => {
+                    warn!(%iface, %error, "responder failed; retrying when the links change");
+                    if let Some(responder) = self.responders.remove(&iface) {
+                        responder.close(false);
+                    }
+                    self.failed.insert(iface.clone());
+                    self.emit(Event::ResponderFailed { iface, error });
+                    continue;
+                }
+            };
+            let links_changed = matches!(input, Input::Links(_));
+            let effects = self.lifecycle.step(input, Instant::now());
+            let answered = effects.iter().any(|e| matches!(e, Effect::Answer(_)));
+            for effect in effects {
+                self.carry_out(effect);
             }
-            self.tick(Instant::now());
+            if links_changed && !answered {
+                self.sync_responders();
+            }
         }
         let responders = std::mem::take(&mut self.responders);
         // Silence every interface first, then wait for the threads.
@@ -392,134 +398,64 @@ impl Control {
         }
     }
 
-    fn handle(&mut self, msg: Msg) {
-        let now = Instant::now();
-        match msg {
-            Msg::Links(links) => {
-                self.links = links;
-                self.failed.clear();
-                self.reconcile(now);
-            }
-            Msg::Owned(intents) => {
-                self.intents = intents;
-                self.reconcile(now);
-            }
-            Msg::Reannounce => {
-                for state in self.ips.values_mut() {
-                    if let Phase::Announcing(bursts) = &mut state.phase {
-                        for burst in bursts.values_mut() {
-                            *burst = Burst::new(now);
-                        }
-                    }
-                }
-            }
-            Msg::Claim { iface, claim } => self.claimed(&iface, claim, now),
-            Msg::ResponderFailed { iface, error } => {
-                warn!(%iface, %error, "responder failed; retrying when the links change");
-                if let Some(responder) = self.responders.remove(&iface) {
-                    responder.close(false);
-                }
-                self.failed.insert(iface.clone());
-                self.emit(Event::ResponderFailed { iface, error });
-            }
-            Msg::Shutdown => {}
-        }
-    }
-
     fn emit(&self, event: Event) {
         // Nobody listening is fine: the caller chose not to watch.
         let _ = self.events.send(event);
     }
 
-    /// Brings the per-IP states in line with the intents and links, then the responders.
-    fn reconcile(&mut self, now: Instant) {
-        let eligible: Vec<&Link> = interfaces::eligible(&self.links, &self.config.exclude);
-        let gone: Vec<IpAddr> = self
-            .ips
-            .keys()
-            .filter(|ip| !self.intents.contains_key(ip))
-            .copied()
-            .collect();
-        for ip in gone {
-            self.ips.remove(&ip);
-            info!(%ip, "no longer owned: stopped answering");
-        }
-        let mut events = Vec::new();
-        for (ip, intent) in &self.intents {
-            let ifaces: Vec<String> = interfaces::select(&eligible, &intent.interfaces)
-                .iter()
-                .map(|link| link.name.clone())
-                .collect();
-            let ip = *ip;
-            match self.ips.get_mut(&ip) {
-                None => {
-                    let phase = start(ip, intent, &ifaces, now, &mut events);
-                    self.ips.insert(
-                        ip,
-                        IpState {
-                            ifaces,
-                            phase,
-                            last_conflict_report: None,
-                            probe_claim: None,
-                        },
-                    );
-                }
-                Some(state) if state.ifaces != ifaces => {
-                    state.ifaces.clone_from(&ifaces);
-                    match &mut state.phase {
-                        _ if ifaces.is_empty() => {
-                            state.phase = start(ip, intent, &ifaces, now, &mut events);
+    fn carry_out(&mut self, effect: Effect) {
+        match effect {
+            Effect::Send {
+                iface,
+                ip,
+                purpose,
+                frame,
+            } => {
+                let Some(responder) = self.responders.get(&iface) else {
+                    return;
+                };
+                let what = match purpose {
+                    Purpose::Probe => "probe",
+                    Purpose::Gratuitous => "gratuitous announcement",
+                };
+                match responder.control.send(&frame) {
+                    Ok(()) => {
+                        if purpose == Purpose::Gratuitous {
+                            let counters = self.registry.ip(ip);
+                            counters.gratuitous.fetch_add(1, Ordering::Relaxed);
                         }
-                        Phase::NoInterface => {
-                            state.phase = start(ip, intent, &ifaces, now, &mut events);
-                        }
-                        Phase::Announcing(bursts) => {
-                            bursts.retain(|iface, _| ifaces.contains(iface));
-                            for iface in &ifaces {
-                                if !bursts.contains_key(iface) {
-                                    info!(%ip, %iface, "announcing on a new interface");
-                                    bursts.insert(iface.clone(), Burst::new(now));
-                                }
-                            }
-                        }
-                        // Probes go to whatever interfaces the IP has when they are sent.
-                        Phase::Probing(_) | Phase::Conflicted { .. } => {}
+                        trace!(%ip, %iface, "sent a {what}");
                     }
+                    Err(error) => warn!(%ip, %iface, %error, "sending a {what}"),
                 }
-                Some(_) => {}
+            }
+            Effect::Answer(answer) => {
+                self.answer = answer;
+                self.sync_responders();
+            }
+            Effect::Claimed { ip, split } => {
+                let counters = self.registry.ip(ip);
+                let counter = if split {
+                    &counters.splits
+                } else {
+                    &counters.conflicts
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Effect::Event(event) => {
+                log(&event);
+                self.emit(Event::Ip(event));
             }
         }
-        for event in events {
-            self.emit(event);
-        }
-        self.publish();
     }
 
-    /// Opens and closes responders and hands each its new snapshot.
-    fn publish(&mut self) {
-        let mut wanted: BTreeMap<String, OwnedIps> = BTreeMap::new();
-        for (ip, state) in &self.ips {
-            match &state.phase {
-                Phase::Probing(_) => {
-                    for iface in &state.ifaces {
-                        wanted.entry(iface.clone()).or_default().probing.insert(*ip);
-                    }
-                }
-                Phase::Announcing(bursts) => {
-                    for iface in bursts.keys() {
-                        wanted
-                            .entry(iface.clone())
-                            .or_default()
-                            .answering
-                            .insert(*ip);
-                    }
-                }
-                Phase::NoInterface | Phase::Conflicted { .. } => {}
-            }
-        }
-        let answered_v4: BTreeSet<Ipv4Addr> = wanted
+    /// Opens and closes responders to match what each interface answers, and hands each its
+    /// new snapshot.
+    fn sync_responders(&mut self) {
+        let answered_v4: BTreeSet<Ipv4Addr> = self
+            .answer
             .values()
-            .flat_map(|owned| &owned.answering)
+            .flat_map(|owned| owned.answering.keys())
             .filter_map(|ip| match ip {
                 IpAddr::V4(v4) => Some(*v4),
                 IpAddr::V6(_) => None,
@@ -529,14 +465,14 @@ impl Control {
             self.kernel_arp.set(answered_v4.clone());
             self.answered_v4 = answered_v4;
         }
-        let eligible = interfaces::eligible(&self.links, &self.config.exclude);
+        let eligible = interfaces::eligible(&self.links, &self.exclude);
         let current = |name: &str| eligible.iter().find(|link| link.name == name).copied();
 
         let stale: Vec<String> = self
             .responders
             .iter()
             .filter(|(name, responder)| {
-                !wanted.contains_key(*name) || current(name) != Some(&responder.link)
+                !self.answer.contains_key(*name) || current(name) != Some(&responder.link)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -546,10 +482,10 @@ impl Control {
                 responder.close(false);
             }
         }
-        for (name, owned) in &wanted {
+        for (name, owned) in &self.answer {
             if !self.responders.contains_key(name) && !self.failed.contains(name) {
                 let Some(link) = current(name) else { continue };
-                match self.open(link) {
+                match open(link, &self.msgs, &self.registry) {
                     Ok(responder) => {
                         info!(iface = %name, index = link.index, mac = %responder.mac, "responder listening");
                         self.responders.insert(name.clone(), responder);
@@ -557,7 +493,7 @@ impl Control {
                     Err(error) => {
                         warn!(iface = %name, %error, "cannot open the responder socket");
                         self.failed.insert(name.clone());
-                        self.emit(Event::ResponderFailed {
+                        let _ = self.events.send(Event::ResponderFailed {
                             iface: name.clone(),
                             error: error.to_string(),
                         });
@@ -569,7 +505,7 @@ impl Control {
             {
                 let counters = owned
                     .answering
-                    .iter()
+                    .keys()
                     .map(|ip| (*ip, self.registry.ip(*ip)))
                     .collect();
                 // Groups first: a solicitation arriving right after the swap is received.
@@ -581,246 +517,100 @@ impl Control {
             }
         }
     }
+}
 
-    fn open(&self, link: &Link) -> Result<Responder, socket::SocketError> {
-        let channels = socket::open_per_cpu(link, socket::online_cpus())?;
-        if let Some(why) = &channels.fallback {
-            debug!(iface = %link.name, error = %why, "one responder socket for every CPU");
-        }
-        let pinned = channels.sockets.len() > 1;
-        let mac = link.mac.unwrap_or_default();
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::with_capacity(channels.sockets.len());
-        for (cpu, socket) in channels.sockets.into_iter().enumerate() {
-            let worker = Worker {
-                iface: link.name.clone(),
-                cpu: pinned.then_some(cpu),
-                mac,
-                snapshot: Arc::clone(&snapshot),
-                stop: Arc::clone(&stop),
-                msgs: self.msgs.clone(),
-                counters: self.registry.iface(&link.name),
-            };
-            let spawned = thread::Builder::new()
-                .name(format!("ferrolb-rx-{}", link.name))
-                .spawn(move || worker.run(&socket));
-            match spawned {
-                Ok(thread) => threads.push(thread),
-                Err(source) => {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(socket::SocketError {
-                        iface: link.name.clone(),
-                        step: "starting a responder thread",
-                        source,
-                    });
-                }
+/// One log line per event of an owned IP.
+fn log(event: &lifecycle::Event) {
+    match event {
+        lifecycle::Event::Wire { ip, wire } => match wire {
+            Wire::Answering { interfaces } => {
+                info!(%ip, ?interfaces, "answering and announcing")
             }
-        }
-        Ok(Responder {
-            link: link.clone(),
+            Wire::Probing => info!(%ip, "probing before announcing"),
+            Wire::Held { by } => {
+                warn!(%ip, holder = %by, "not answering: another speaker of this cluster with a better standing answers it (a split membership); checking again")
+            }
+            Wire::Conflicted { mac } => {
+                warn!(%ip, %mac, "IP conflict: another host answers for this IP; not announcing it, probing again later")
+            }
+            Wire::NoInterface => warn!(%ip, "no eligible interface to announce on"),
+            Wire::HandedOver => {
+                info!(%ip, "handed over: the successor announced it, no longer answering")
+            }
+        },
+        lifecycle::Event::Conflict {
+            ip,
+            iface,
             mac,
-            snapshot,
-            control: channels.control,
-            groups: BTreeSet::new(),
-            stop,
-            threads,
-        })
-    }
-
-    fn claimed(&mut self, iface: &str, claim: Claim, now: Instant) {
-        let Some(state) = self.ips.get_mut(&claim.ip) else {
-            return;
-        };
-        let counters = self.registry.ip(claim.ip);
-        match &mut state.phase {
-            Phase::Probing(probe) => {
-                probe.observe(claim.mac);
-                state.probe_claim.get_or_insert((iface.to_owned(), claim));
+            evidence,
+            announced: true,
+        } => {
+            warn!(%ip, %iface, %mac, %evidence, "IP conflict: another host claims an IP this node announces")
+        }
+        lifecycle::Event::Conflict { .. } => {}
+        lifecycle::Event::Split {
+            ip,
+            iface,
+            mac,
+            kept,
+        } => {
+            if *kept {
+                warn!(%ip, %iface, %mac, "split: another speaker of this cluster claims this IP too; this node's standing is better, it keeps the IP and announces again")
+            } else {
+                warn!(%ip, %iface, %mac, "split: another speaker of this cluster with a better standing claims this IP; this node yields it")
             }
-            Phase::Announcing(_) => {
-                counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                if state
-                    .last_conflict_report
-                    .is_some_and(|at| now.duration_since(at) < CONFLICT_REPORT_INTERVAL)
-                {
-                    return;
-                }
-                state.last_conflict_report = Some(now);
-                warn!(ip = %claim.ip, %iface, mac = %claim.mac, evidence = %claim.evidence,
-                    "IP conflict: another host claims an IP this node announces");
-                self.emit(Event::Conflict {
-                    ip: claim.ip,
-                    iface: iface.to_owned(),
-                    mac: claim.mac,
-                    evidence: claim.evidence,
-                    announced: true,
+        }
+    }
+}
+
+fn open(
+    link: &Link,
+    msgs: &mpsc::Sender<Msg>,
+    registry: &Arc<Registry>,
+) -> Result<Responder, socket::SocketError> {
+    let channels = socket::open_per_cpu(link, socket::online_cpus())?;
+    if let Some(why) = &channels.fallback {
+        debug!(iface = %link.name, error = %why, "one responder socket for every CPU");
+    }
+    let pinned = channels.sockets.len() > 1;
+    let mac = link.mac.unwrap_or_default();
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::with_capacity(channels.sockets.len());
+    for (cpu, socket) in channels.sockets.into_iter().enumerate() {
+        let worker = Worker {
+            iface: link.name.clone(),
+            cpu: pinned.then_some(cpu),
+            mac,
+            snapshot: Arc::clone(&snapshot),
+            stop: Arc::clone(&stop),
+            msgs: msgs.clone(),
+            counters: registry.iface(&link.name),
+        };
+        let spawned = thread::Builder::new()
+            .name(format!("ferrolb-rx-{}", link.name))
+            .spawn(move || worker.run(&socket));
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(source) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(socket::SocketError {
+                    iface: link.name.clone(),
+                    step: "starting a responder thread",
+                    source,
                 });
             }
-            Phase::NoInterface | Phase::Conflicted { .. } => {}
         }
     }
-
-    /// Runs every timer that is due: probes, their verdicts, announcements, re-checks.
-    fn tick(&mut self, now: Instant) {
-        let mut changed = false;
-        let mut events = Vec::new();
-        for (ip, state) in &mut self.ips {
-            let ip = *ip;
-            match &mut state.phase {
-                Phase::Probing(probe) => loop {
-                    match probe.poll(now, &self.config.probe) {
-                        ProbeStep::Send => {
-                            for iface in &state.ifaces {
-                                if let Some(responder) = self.responders.get(iface) {
-                                    let frame = conflict::probe_frame(ip, responder.mac);
-                                    send(responder, &frame, ip, "probe");
-                                }
-                            }
-                        }
-                        ProbeStep::WaitUntil(_) => break,
-                        ProbeStep::Done(ProbeOutcome::Free) => {
-                            info!(%ip, interfaces = ?state.ifaces, "probe found the IP free: announcing");
-                            state.phase = announcing(ip, &state.ifaces, now, &mut events);
-                            changed = true;
-                            break;
-                        }
-                        ProbeStep::Done(ProbeOutcome::Taken { mac }) => {
-                            let recheck = self.config.probe.recheck;
-                            let (iface, evidence) = match state.probe_claim.take() {
-                                Some((iface, claim)) => (iface, claim.evidence),
-                                None => (state.ifaces.join(","), Evidence::ArpReply),
-                            };
-                            warn!(%ip, %iface, %mac, %evidence, recheck_in = ?recheck,
-                                "IP conflict: another host answers for this IP; not announcing it");
-                            self.registry
-                                .ip(ip)
-                                .conflicts
-                                .fetch_add(1, Ordering::Relaxed);
-                            events.push(Event::Conflict {
-                                ip,
-                                iface,
-                                mac,
-                                evidence,
-                                announced: false,
-                            });
-                            state.phase = Phase::Conflicted {
-                                recheck_at: now + recheck,
-                            };
-                            changed = true;
-                            break;
-                        }
-                    }
-                },
-                Phase::Announcing(bursts) => {
-                    for (iface, burst) in bursts.iter_mut() {
-                        if burst
-                            .next_due(&self.config.gratuitous)
-                            .is_none_or(|due| due > now)
-                        {
-                            continue;
-                        }
-                        burst.mark_sent();
-                        let Some(responder) = self.responders.get(iface) else {
-                            continue;
-                        };
-                        let counters = self.registry.ip(ip);
-                        for frame in gratuitous::frames(ip, responder.mac) {
-                            if send(responder, &frame, ip, "gratuitous announcement") {
-                                counters.gratuitous.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        debug!(%ip, %iface, n = burst.sent(), "gratuitous announcement sent");
-                    }
-                }
-                Phase::Conflicted { recheck_at } if now >= *recheck_at => {
-                    info!(%ip, "probing again an IP found taken");
-                    state.probe_claim = None;
-                    state.phase = Phase::Probing(Probe::new(now));
-                    changed = true;
-                }
-                Phase::Conflicted { .. } | Phase::NoInterface => {}
-            }
-        }
-        for event in events {
-            self.emit(event);
-        }
-        if changed {
-            self.publish();
-            // A phase that just started may have something due now (the first probe or
-            // announcement): run it without waiting for the next message.
-            self.tick(Instant::now());
-        }
-    }
-
-    /// The earliest timer, if any.
-    fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        self.ips
-            .values()
-            .filter_map(|state| match &state.phase {
-                Phase::Probing(probe) => {
-                    let mut probe = *probe;
-                    match probe.poll(now, &self.config.probe) {
-                        ProbeStep::WaitUntil(at) => Some(at),
-                        ProbeStep::Send | ProbeStep::Done(_) => Some(now),
-                    }
-                }
-                Phase::Announcing(bursts) => bursts
-                    .values()
-                    .filter_map(|burst| burst.next_due(&self.config.gratuitous))
-                    .min(),
-                Phase::Conflicted { recheck_at } => Some(*recheck_at),
-                Phase::NoInterface => None,
-            })
-            .min()
-    }
-}
-
-/// The phase an IP starts in: nothing without interfaces, a probe if asked, else announcing.
-fn start(
-    ip: IpAddr,
-    intent: &Intent,
-    ifaces: &[String],
-    now: Instant,
-    events: &mut Vec<Event>,
-) -> Phase {
-    if ifaces.is_empty() {
-        warn!(%ip, wanted = ?intent.interfaces, "no eligible interface to announce on");
-        events.push(Event::NoInterface {
-            ip,
-            wanted: intent.interfaces.clone(),
-        });
-        Phase::NoInterface
-    } else if intent.probe_first {
-        info!(%ip, interfaces = ?ifaces, "probing before the first announcement");
-        Phase::Probing(Probe::new(now))
-    } else {
-        announcing(ip, ifaces, now, events)
-    }
-}
-
-fn announcing(ip: IpAddr, ifaces: &[String], now: Instant, events: &mut Vec<Event>) -> Phase {
-    info!(%ip, interfaces = ?ifaces, "owned: answering and announcing");
-    events.push(Event::Announcing {
-        ip,
-        interfaces: ifaces.to_vec(),
-    });
-    Phase::Announcing(
-        ifaces
-            .iter()
-            .map(|iface| (iface.clone(), Burst::new(now)))
-            .collect(),
-    )
-}
-
-fn send(responder: &Responder, frame: &[u8], ip: IpAddr, what: &str) -> bool {
-    match responder.control.send(frame) {
-        Ok(()) => true,
-        Err(error) => {
-            warn!(%ip, iface = %responder.link.name, %error, "sending a {what}");
-            false
-        }
-    }
+    Ok(Responder {
+        link: link.clone(),
+        mac,
+        snapshot,
+        control: channels.control,
+        groups: BTreeSet::new(),
+        stop,
+        threads,
+    })
 }
 
 /// One responder loop of an interface, on its own thread.

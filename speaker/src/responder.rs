@@ -1,16 +1,18 @@
 //! What to do with one received ARP or neighbour discovery frame: a pure function of the bytes,
 //! the IPs this interface answers for (or is probing), and the interface's MAC.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ferrolb_proto::wire::mark::{self, MARK_LEN, Mark};
 use ferrolb_proto::wire::{self, ArpOperation, Frame, MacAddr, NdiscRepr, solicited_node};
 
 /// The IPs one interface deals with right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OwnedIps {
-    /// Owned and announced here: requests for them are answered.
-    pub answering: BTreeSet<IpAddr>,
+    /// Owned and announced here: requests for them are answered, with the mark sealed for this
+    /// interface after each reply (none where the speaker has no cluster key).
+    pub answering: BTreeMap<IpAddr, Option<Mark>>,
     /// Being probed before a first announcement: never answered, but any other station
     /// claiming them is reported.
     pub probing: BTreeSet<IpAddr>,
@@ -19,7 +21,7 @@ pub struct OwnedIps {
 impl OwnedIps {
     /// Whether a claim on `ip` by another station matters to us.
     pub fn watches(&self, ip: IpAddr) -> bool {
-        self.answering.contains(&ip) || self.probing.contains(&ip)
+        self.answering.contains_key(&ip) || self.probing.contains(&ip)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -73,6 +75,40 @@ pub struct Claim {
     pub ip: IpAddr,
     pub mac: MacAddr,
     pub evidence: Evidence,
+    /// What trailed the claim where a speaker puts its mark ([`mark`]), unchecked: the
+    /// responder only copies it; opening it is the control thread's work, off the fast path.
+    trailer: Option<Mark>,
+}
+
+impl Claim {
+    pub fn new(ip: IpAddr, mac: MacAddr, evidence: Evidence) -> Self {
+        Claim {
+            ip,
+            mac,
+            evidence,
+            trailer: None,
+        }
+    }
+
+    /// The claim's trailing bytes, empty if it had no room for a mark.
+    pub fn trailer(&self) -> &[u8] {
+        self.trailer.as_ref().map_or(&[], |t| &t[..])
+    }
+
+    fn with_trailer(mut self, bytes: &[u8], frame: &Frame) -> Self {
+        self.trailer = mark::trailer(bytes, frame)
+            .get(..MARK_LEN)
+            .and_then(|t| t.try_into().ok());
+        self
+    }
+}
+
+/// The reply frame, with `mark` after it when the interface has one for the IP.
+fn marked(frame: Vec<u8>, mark: Option<&Mark>) -> Vec<u8> {
+    match mark {
+        Some(mark) => mark::marked(frame, mark),
+        None => frame,
+    }
 }
 
 /// The outcome of one frame. A request for an owned IP gets a `reply`; a foreign claim is
@@ -88,8 +124,8 @@ pub struct Decision {
 /// Malformed ARP/NDP (anything [`wire::parse_frame`] rejects) is an error, to be counted and
 /// dropped. Frames from `iface_mac` itself, tagged frames, and frames addressed to another
 /// station's MAC are never answered.
-pub fn decide(frame: &[u8], owned: &OwnedIps, iface_mac: MacAddr) -> Result<Decision, wire::Error> {
-    let frame = wire::parse_frame(frame)?;
+pub fn decide(bytes: &[u8], owned: &OwnedIps, iface_mac: MacAddr) -> Result<Decision, wire::Error> {
+    let frame = wire::parse_frame(bytes)?;
     let ethernet = frame.ethernet();
     if ethernet.src_addr == iface_mac || ethernet.vlan.is_some() {
         return Ok(Decision::default());
@@ -112,28 +148,31 @@ pub fn decide(frame: &[u8], owned: &OwnedIps, iface_mac: MacAddr) -> Result<Deci
                 } else {
                     Evidence::ArpRequest
                 };
-                Some(Claim {
-                    ip: sender.into(),
-                    mac: arp.source_hardware_addr,
-                    evidence,
-                })
+                Some(
+                    Claim::new(sender.into(), arp.source_hardware_addr, evidence)
+                        .with_trailer(bytes, &frame),
+                )
             } else if arp.is_probe() && owned.probing.contains(&target.into()) {
-                Some(Claim {
-                    ip: target.into(),
-                    mac: arp.source_hardware_addr,
-                    evidence: Evidence::ArpProbe,
-                })
+                Some(Claim::new(
+                    target.into(),
+                    arp.source_hardware_addr,
+                    Evidence::ArpProbe,
+                ))
             } else {
                 None
             };
-            let reply = (arp.operation == ArpOperation::Request
-                && !arp.is_gratuitous()
-                && addressed_to_us
-                && arp.source_hardware_addr.is_unicast()
-                && owned.answering.contains(&target.into()))
-            .then(|| Reply {
+            let answer = owned.answering.get(&target.into()).filter(|_| {
+                arp.operation == ArpOperation::Request
+                    && !arp.is_gratuitous()
+                    && addressed_to_us
+                    && arp.source_hardware_addr.is_unicast()
+            });
+            let reply = answer.map(|mark| Reply {
                 ip: target.into(),
-                frame: wire::arp_reply(iface_mac, target, arp.source_hardware_addr, sender),
+                frame: marked(
+                    wire::arp_reply(iface_mac, target, arp.source_hardware_addr, sender),
+                    mark.as_ref(),
+                ),
             });
             Decision { reply, claim }
         }
@@ -149,19 +188,19 @@ pub fn decide(frame: &[u8], owned: &OwnedIps, iface_mac: MacAddr) -> Result<Deci
                 let requester_mac = source_lladdr.unwrap_or(ethernet.src_addr);
                 let claim =
                     if !ipv6.src_addr.is_unspecified() && owned.watches(ipv6.src_addr.into()) {
-                        Some(Claim {
-                            ip: ipv6.src_addr.into(),
-                            mac: requester_mac,
-                            evidence: Evidence::NeighborSolicit,
-                        })
+                        Some(Claim::new(
+                            ipv6.src_addr.into(),
+                            requester_mac,
+                            Evidence::NeighborSolicit,
+                        ))
                     } else if ipv6.src_addr.is_unspecified()
                         && owned.probing.contains(&target_addr.into())
                     {
-                        Some(Claim {
-                            ip: target_addr.into(),
-                            mac: ethernet.src_addr,
-                            evidence: Evidence::DadSolicit,
-                        })
+                        Some(Claim::new(
+                            target_addr.into(),
+                            ethernet.src_addr,
+                            Evidence::DadSolicit,
+                        ))
                     } else {
                         None
                     };
@@ -169,13 +208,16 @@ pub fn decide(frame: &[u8], owned: &OwnedIps, iface_mac: MacAddr) -> Result<Deci
                 // itself (neighbour unreachability detection): both are answered.
                 let for_target =
                     ipv6.dst_addr == solicited_node(target_addr) || ipv6.dst_addr == target_addr;
-                let reply = (addressed_to_us
-                    && for_target
-                    && requester_mac.is_unicast()
-                    && owned.answering.contains(&target_addr.into()))
-                .then(|| Reply {
+                let answer = owned
+                    .answering
+                    .get(&target_addr.into())
+                    .filter(|_| addressed_to_us && for_target && requester_mac.is_unicast());
+                let reply = answer.map(|mark| Reply {
                     ip: target_addr.into(),
-                    frame: wire::solicited_na(iface_mac, target_addr, ipv6.src_addr, requester_mac),
+                    frame: marked(
+                        wire::solicited_na(iface_mac, target_addr, ipv6.src_addr, requester_mac),
+                        mark.as_ref(),
+                    ),
                 });
                 Decision { reply, claim }
             }
@@ -185,12 +227,10 @@ pub fn decide(frame: &[u8], owned: &OwnedIps, iface_mac: MacAddr) -> Result<Deci
                 ..
             } => {
                 let mac = target_lladdr.unwrap_or(ethernet.src_addr);
-                let claim =
-                    (mac != iface_mac && owned.watches(target_addr.into())).then_some(Claim {
-                        ip: target_addr.into(),
-                        mac,
-                        evidence: Evidence::NeighborAdvert,
-                    });
+                let claim = (mac != iface_mac && owned.watches(target_addr.into())).then(|| {
+                    Claim::new(target_addr.into(), mac, Evidence::NeighborAdvert)
+                        .with_trailer(bytes, &frame)
+                });
                 Decision { reply: None, claim }
             }
         },
@@ -226,14 +266,14 @@ mod tests {
 
     fn owned() -> OwnedIps {
         OwnedIps {
-            answering: [IpAddr::from(VIP), IpAddr::from(vip6())].into(),
+            answering: [(IpAddr::from(VIP), None), (IpAddr::from(vip6()), None)].into(),
             probing: BTreeSet::new(),
         }
     }
 
     fn probing(ip: IpAddr) -> OwnedIps {
         OwnedIps {
-            answering: BTreeSet::new(),
+            answering: BTreeMap::new(),
             probing: [ip].into(),
         }
     }
@@ -439,11 +479,7 @@ mod tests {
         let d = decide(&reply, &watched, OURS).unwrap();
         assert_eq!(
             d.claim,
-            Some(Claim {
-                ip: VIP.into(),
-                mac: ROGUE,
-                evidence: Evidence::ArpReply
-            })
+            Some(Claim::new(VIP.into(), ROGUE, Evidence::ArpReply))
         );
         let d = decide(&arp_probe(ROGUE, VIP), &watched, OURS).unwrap();
         assert_eq!(d.claim.map(|c| c.evidence), Some(Evidence::ArpProbe));
@@ -454,6 +490,43 @@ mod tests {
         assert_eq!(d.claim.map(|c| c.evidence), Some(Evidence::NeighborAdvert));
         let d = decide(&wire::dad_solicit(ROGUE, vip6()), &watched6, OURS).unwrap();
         assert_eq!(d.claim.map(|c| c.evidence), Some(Evidence::DadSolicit));
+    }
+
+    #[test]
+    fn marks_go_out_with_replies_and_come_back_with_claims() {
+        use ferrolb_proto::election::ElectionKey;
+        use ferrolb_proto::gossip::{Key, KeyRing};
+        use ferrolb_proto::wire::mark::{Marker, Standing};
+        let marker = Marker::new(&KeyRing::new(Key::from_bytes([7; 32]), []));
+        let standing = Standing::of("n1", ElectionKey(VIP.into()));
+        let mark = marker.seal(OURS, VIP.into(), standing);
+        let marked_owner = OwnedIps {
+            answering: [(IpAddr::from(VIP), Some(mark))].into(),
+            probing: BTreeSet::new(),
+        };
+        let reply = decide(&request(VIP), &marked_owner, OURS)
+            .unwrap()
+            .reply
+            .unwrap();
+        assert_eq!(reply.frame.len(), 60, "the mark fills the padding");
+        // Another speaker, probing the VIP, hears that reply: the claim carries the mark.
+        let d = decide(&reply.frame, &probing(VIP.into()), ROGUE).unwrap();
+        let claim = d.claim.unwrap();
+        assert_eq!(
+            marker.open(claim.mac, claim.ip, claim.trailer()),
+            Some(standing)
+        );
+        // A kernel's reply, padded with zeros or not at all, carries none.
+        let plain = arp(ArpOperation::Reply, ROGUE, VIP, Ipv4Addr::UNSPECIFIED, OURS);
+        let mut padded = plain.clone();
+        padded.resize(60, 0);
+        for frame in [plain, padded] {
+            let claim = decide(&frame, &probing(VIP.into()), OURS)
+                .unwrap()
+                .claim
+                .unwrap();
+            assert_eq!(marker.open(claim.mac, claim.ip, claim.trailer()), None);
+        }
     }
 
     #[test]
@@ -513,7 +586,7 @@ mod tests {
         );
         assert_eq!(decide(&frame, &owned(), OURS).unwrap(), Decision::default());
         let not_owned = OwnedIps {
-            answering: [IpAddr::from(VIP)].into(),
+            answering: [(IpAddr::from(VIP), None)].into(),
             probing: BTreeSet::new(),
         };
         let group = solicited_node(vip6());

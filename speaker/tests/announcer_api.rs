@@ -9,7 +9,8 @@ use ferrolb_e2e::tools::{arping_every_10ms, arping_until};
 use ferrolb_e2e::{CapturedFrame, Lab, Namespace, lab_or_skip};
 use ferrolb_proto::wire::{self, ArpOperation, Frame, MacAddr};
 use ferrolb_speaker::interfaces::{self, Link};
-use ferrolb_speaker::{Announcer, AnnouncerConfig, Event, Events, Intent};
+use ferrolb_speaker::lifecycle::{self, Wire};
+use ferrolb_speaker::{Announcer, AnnouncerConfig, Event, Events, Intent, Start};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 100);
 
@@ -38,7 +39,8 @@ fn start_in(ns: &Namespace) -> (Announcer, Events) {
 fn owned(ip: Ipv4Addr) -> BTreeMap<IpAddr, Intent> {
     let intent = Intent {
         interfaces: vec!["eth0".to_owned()],
-        probe_first: false,
+        start: Start::Now,
+        standing: None,
     };
     [(IpAddr::from(ip), intent)].into()
 }
@@ -143,7 +145,7 @@ fn set_owned_moves_the_answers_at_once() {
         panic!("node 2 reported nothing")
     };
     assert!(
-        matches!(&event, Event::Announcing { ip, interfaces } if *ip == IpAddr::from(VIP) && interfaces == &["eth0"]),
+        matches!(&event, Event::Ip(lifecycle::Event::Wire { ip, wire: Wire::Answering { interfaces } }) if *ip == IpAddr::from(VIP) && interfaces == &["eth0"]),
         "{event:?}"
     );
     let stats = a2.stats();
