@@ -1,21 +1,21 @@
 //! Self-fencing: whether this node may announce at all, from its own links and the membership.
 //!
 //! A node alone in the live set cannot tell, from the membership alone, whether the others died
-//! (it must keep serving: a lone survivor is the whole point of failover) or whether it is the
-//! one cut off (it must not answer: the others elected new owners, and a returning node that
-//! announces everything at once makes two owners per IP). Its own links are the evidence:
+//! or whether it is the one cut off; [`crate::quorum`] decides what it may take over. Its own
+//! links are further evidence, and they say more than the count:
 //!
-//! - **Doubt** arises when the node starts (it has not heard from anyone yet) and when one of
-//!   its announcing-capable links loses its carrier or goes down.
-//! - A node **alone** in the live set while the cluster lists other nodes, with doubt, is
-//!   **fenced**: it announces nothing.
-//! - Doubt ends when a peer is live again with every link up (the election then includes
-//!   everyone), or when every link has been up for `hold` and still no peer answered: then the
-//!   others really are gone and the node serves alone.
+//! - When the link that carries the membership (the one holding the node's membership address)
+//!   loses its carrier or goes down, the others will declare this node dead within a few hundred
+//!   milliseconds and take its IPs over, on every segment. The node is **fenced** at once, on
+//!   every interface: answering on another link until it notices it is alone would make two
+//!   owners there.
+//! - When another announcing-capable link goes down, **doubt** arises: a node alone in the live
+//!   set with doubt, while the cluster lists other nodes, is fenced.
+//! - Doubt ends when a peer answers again with every link up (the election then includes
+//!   everyone), or when every link has been up for `hold` and still no peer answered.
 //!
-//! Mere absence of peers, with no link of ours lost, is not doubt: a switch partition looks the
-//! same as the death of every other node, and treating it as a partition would take a lone
-//! survivor's IPs offline. `docs/failure-modes.md` walks through each case.
+//! Mere absence of peers, with no link of ours lost, is not doubt: the quorum rules that case.
+//! `docs/failure-modes.md` walks through each case.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -28,10 +28,10 @@ pub const DEFAULT_HOLD: Duration = Duration::from_secs(2);
 /// Why the node doubts that being alone means the others are gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Doubt {
-    /// Just started: not joined yet.
-    Starting,
     /// One of its own links lost its carrier or went down.
     LinkLost,
+    /// The link carrying the membership lost its carrier or went down.
+    MembershipLinkLost,
 }
 
 /// What [`Fence::verdict`] decided.
@@ -50,6 +50,10 @@ pub struct Verdict {
 pub struct Fence {
     hold: Duration,
     exclude: ExcludePatterns,
+    /// The link holding the node's membership address, if known.
+    membership_link: Option<String>,
+    /// That link is down now.
+    membership_cut: bool,
     doubt: Option<Doubt>,
     /// When the last lost link came back (or the node started): the hold runs from here.
     quiet_since: Instant,
@@ -60,11 +64,18 @@ pub struct Fence {
 }
 
 impl Fence {
-    pub fn new(hold: Duration, exclude: ExcludePatterns, now: Instant) -> Self {
+    pub fn new(
+        hold: Duration,
+        exclude: ExcludePatterns,
+        membership_link: Option<String>,
+        now: Instant,
+    ) -> Self {
         Fence {
             hold,
             exclude,
-            doubt: Some(Doubt::Starting),
+            membership_link,
+            membership_cut: false,
+            doubt: None,
             quiet_since: now,
             down: BTreeSet::new(),
             up: BTreeSet::new(),
@@ -76,6 +87,17 @@ impl Fence {
     pub fn links(&mut self, links: &[Link], now: Instant) -> bool {
         let mut came_back = false;
         let mut up_now = BTreeSet::new();
+        if let Some(name) = &self.membership_link {
+            let up = links
+                .iter()
+                .find(|l| l.name == *name)
+                .is_some_and(|l| l.up && l.carrier);
+            if !up && !self.membership_cut {
+                self.doubt = Some(Doubt::MembershipLinkLost);
+            }
+            came_back |= up && self.membership_cut;
+            self.membership_cut = !up;
+        }
         for link in links {
             // Links that could announce if they were up: the ones whose loss matters.
             let capable = Link {
@@ -92,14 +114,14 @@ impl Fence {
                     came_back = true;
                 }
             } else if self.up.contains(&link.name) && self.down.insert(link.name.clone()) {
-                self.doubt = Some(Doubt::LinkLost);
+                self.doubt.get_or_insert(Doubt::LinkLost);
             }
         }
         // A link that vanished altogether is no longer waited for.
         let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
         self.down.retain(|name| names.contains(name.as_str()));
         self.up = up_now;
-        if came_back && self.down.is_empty() {
+        if came_back && self.down.is_empty() && !self.membership_cut {
             self.quiet_since = now;
         }
         came_back
@@ -116,7 +138,7 @@ impl Fence {
         last_answer: Option<Instant>,
         now: Instant,
     ) -> Verdict {
-        let links_ok = self.down.is_empty();
+        let links_ok = self.down.is_empty() && !self.membership_cut;
         if self.doubt.is_some() && links_ok {
             let answered = last_answer.is_some_and(|at| at > self.quiet_since);
             let held = now.saturating_duration_since(self.quiet_since) >= self.hold;
@@ -124,9 +146,11 @@ impl Fence {
                 self.doubt = None;
             }
         }
-        // While a link is down the node still serves on its other links unless it is alone;
-        // once every link is back it waits for an answer (or the hold) before serving.
-        let fenced = others_listed && self.doubt.is_some() && (alone || links_ok);
+        // While a link other than the membership's is down the node still serves on its other
+        // links unless it is alone; once every link is back it waits for an answer (or the
+        // hold) before serving.
+        let fenced =
+            others_listed && self.doubt.is_some() && (alone || links_ok || self.membership_cut);
         let recheck_at =
             (fenced && links_ok).then(|| (self.quiet_since + self.hold).min(now + ANSWER_POLL));
         Verdict {
@@ -174,36 +198,63 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn fence(t0: Instant) -> Fence {
-        let mut f = Fence::new(HOLD, ExcludePatterns::default(), t0);
+        let mut f = Fence::new(HOLD, ExcludePatterns::default(), None, t0);
         f.links(&eth0(true), t0);
         f
     }
 
     #[test]
-    fn a_starting_node_waits_for_an_answer_then_serves() {
+    fn a_starting_node_is_not_fenced_by_its_links() {
+        // Whether it may serve before meeting a peer is the quorum's call, not the links'.
         let t0 = Instant::now();
         let mut f = fence(t0);
-        let v = f.verdict(true, true, None, t0);
-        assert!(v.fenced);
-        assert_eq!(v.recheck_at, Some(t0 + ANSWER_POLL));
-        assert!(
-            f.verdict(false, true, None, t0 + MS).fenced,
-            "known, not answered"
-        );
-        assert!(!f.verdict(false, true, Some(t0 + MS), t0 + MS * 2).fenced);
-        assert!(
-            !f.verdict(true, true, None, t0 + HOLD * 3).fenced,
-            "peers dying later: serve"
-        );
+        assert!(!f.verdict(true, true, None, t0).fenced);
+    }
+
+    fn two_nics(eth0_up: bool, eth1_up: bool) -> Vec<Link> {
+        let mut links = eth0(eth0_up);
+        links.push(Link {
+            name: "eth1".into(),
+            index: 3,
+            mac: Some(MacAddr([2, 0, 0, 0, 1, 1])),
+            carrier: eth1_up,
+            ..links[1].clone()
+        });
+        links
     }
 
     #[test]
-    fn a_starting_node_nobody_answers_serves_alone_after_the_hold() {
+    fn losing_the_membership_link_fences_at_once_on_every_link() {
         let t0 = Instant::now();
-        let mut f = fence(t0);
-        assert!(f.verdict(true, true, None, t0 + HOLD / 2).fenced);
-        assert!(!f.verdict(true, true, None, t0 + HOLD).fenced);
-        assert!(!f.verdict(true, true, None, t0 + HOLD * 3).fenced);
+        let mut f = Fence::new(HOLD, ExcludePatterns::default(), Some("eth0".into()), t0);
+        f.links(&two_nics(true, true), t0);
+        assert!(!f.verdict(false, true, Some(t0), t0).fenced);
+        // eth1 down: the membership still runs over eth0, the others still count this node.
+        f.links(&two_nics(true, false), t0 + MS);
+        assert!(
+            !f.verdict(false, true, Some(t0), t0 + MS).fenced,
+            "serves on eth0"
+        );
+        f.links(&two_nics(true, true), t0 + MS * 2);
+        assert!(
+            !f.verdict(false, true, Some(t0 + MS * 3), t0 + MS * 3)
+                .fenced
+        );
+        // eth0 down: not alone yet, but the others are about to declare it dead.
+        f.links(&two_nics(false, true), t0 + MS * 4);
+        let v = f.verdict(false, true, Some(t0 + MS * 3), t0 + MS * 4);
+        assert!(v.fenced, "fenced before anyone takes over");
+        assert_eq!(v.doubt, Some(Doubt::MembershipLinkLost));
+        // Back: fenced until a member answers after the link returned.
+        assert!(f.links(&two_nics(true, true), t0 + MS * 10));
+        assert!(
+            f.verdict(false, true, Some(t0 + MS * 3), t0 + MS * 11)
+                .fenced
+        );
+        assert!(
+            !f.verdict(false, true, Some(t0 + MS * 12), t0 + MS * 12)
+                .fenced
+        );
     }
 
     #[test]

@@ -207,6 +207,38 @@ pub async fn list(handle: &rtnetlink::Handle) -> Result<Vec<Link>, WatchError> {
     Ok(links)
 }
 
+/// The name of the link holding `ip` as one of its addresses, if any: the link the membership
+/// runs over when `ip` is the node's membership address.
+pub async fn holding(ip: std::net::IpAddr) -> Result<Option<String>, WatchError> {
+    use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(WatchError::Open)?;
+    let connection = tokio::spawn(connection);
+    let addresses: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(WatchError::Dump)?;
+    let index = addresses
+        .iter()
+        .find(|message| {
+            message.attributes.iter().any(|attribute| {
+                matches!(attribute, AddressAttribute::Address(a) | AddressAttribute::Local(a) if *a == ip)
+            })
+        })
+        .map(|message| message.header.index);
+    let links = list(&handle).await?;
+    connection.abort();
+    Ok(index.and_then(|index| {
+        links
+            .into_iter()
+            .find(|link| link.index == index)
+            .map(|link| link.name)
+    }))
+}
+
 /// Watches the links: the receiver holds the current list, replaced after every netlink link
 /// event (RTNLGRP_LINK), so interfaces that come, go, or change flags are noticed at once.
 ///

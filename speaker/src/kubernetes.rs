@@ -1,5 +1,6 @@
 //! The Kubernetes backend: watches what the election needs (Services, IPAddressPools,
-//! L2Advertisements, Nodes, EndpointSlices, ServiceL2Statuses) into a [`Cluster`], and records
+//! L2Advertisements, Nodes, EndpointSlices, ServiceL2Statuses, and the speaker pods the quorum
+//! counts) into a [`Cluster`], and records
 //! this node's announcements as ServiceL2Status objects and Events (nodeAssigned,
 //! announceFailed, IPConflict).
 
@@ -10,7 +11,7 @@ use ferrolb_daemon::shutdown::Shutdown;
 use ferrolb_proto::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL, SERVICE_NAMESPACE_LABEL};
 use ferrolb_proto::api::{IPAddressPool, L2Advertisement, ServiceL2Status};
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod as KubePod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -30,6 +31,7 @@ enum Input {
     Node(watcher::Event<Node>),
     Slice(watcher::Event<EndpointSlice>),
     Status(watcher::Event<ServiceL2Status>),
+    Speaker(watcher::Event<KubePod>),
 }
 
 #[derive(Default)]
@@ -40,6 +42,8 @@ struct Cache {
     nodes: Mirror<Node>,
     slices: Mirror<EndpointSlice>,
     statuses: Mirror<ServiceL2Status>,
+    /// The speaker pods, when their selector is known.
+    speakers: Option<Mirror<KubePod>>,
 }
 
 impl Cache {
@@ -55,6 +59,10 @@ impl Cache {
             Input::Node(e) => changed(self.nodes.apply(e)),
             Input::Slice(e) => changed(self.slices.apply(e)),
             Input::Status(e) => changed(self.statuses.apply(e)),
+            Input::Speaker(e) => self
+                .speakers
+                .as_mut()
+                .is_some_and(|pods| changed(pods.apply(e))),
         }
     }
 
@@ -65,6 +73,7 @@ impl Cache {
             && self.nodes.synced()
             && self.slices.synced()
             && self.statuses.synced()
+            && self.speakers.as_ref().is_none_or(Mirror::synced)
     }
 
     fn cluster(&self) -> Cluster {
@@ -76,6 +85,10 @@ impl Cache {
             nodes: self.nodes.all(),
             endpoint_slices: self.slices.all(),
             announced,
+            speakers: self
+                .speakers
+                .as_ref()
+                .map(|pods| speaker_nodes(&pods.all())),
         }
     }
 }
@@ -88,15 +101,29 @@ fn lean<K: ResourceExt>(object: &mut K) {
         .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
+/// The nodes the speaker pods are scheduled on, except pods that ended: where a speaker runs
+/// or is about to.
+fn speaker_nodes(pods: &[KubePod]) -> std::collections::BTreeSet<String> {
+    pods.iter()
+        .filter(|pod| {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .filter_map(|pod| pod.spec.as_ref()?.node_name.clone())
+        .collect()
+}
+
 /// Starts the watchers; once every kind has been listed, returns the first cluster view and
-/// the feed of later ones.
+/// the feed of later ones. With `speaker_selector` (the speaker pods' labels in `namespace`),
+/// the quorum counts the nodes those pods run on instead of every Node.
 pub async fn follow(
     client: Client,
     namespace: &str,
+    speaker_selector: Option<&str>,
     mut shutdown: Shutdown,
 ) -> Option<(Arc<Cluster>, watch::Receiver<Arc<Cluster>>)> {
     let config = watcher::Config::default;
-    let streams = [
+    let mut streams = vec![
         watch_events(Api::<Service>::all(client.clone()), config())
             .map(|e| Input::Service(e.modify(lean)))
             .boxed(),
@@ -119,14 +146,25 @@ pub async fn follow(
             .map(|e| Input::Slice(e.modify(lean)))
             .boxed(),
         watch_events(
-            Api::<ServiceL2Status>::namespaced(client, namespace),
+            Api::<ServiceL2Status>::namespaced(client.clone(), namespace),
             config(),
         )
         .map(Input::Status)
         .boxed(),
     ];
-    let mut inputs = futures::stream::select_all(streams);
     let mut cache = Cache::default();
+    if let Some(selector) = speaker_selector {
+        streams.push(
+            watch_events(
+                Api::<KubePod>::namespaced(client, namespace),
+                config().labels(selector),
+            )
+            .map(|e| Input::Speaker(e.modify(lean)))
+            .boxed(),
+        );
+        cache.speakers = Some(Mirror::default());
+    }
+    let mut inputs = futures::stream::select_all(streams);
     while !cache.synced() {
         tokio::select! {
             _ = shutdown.wait() => return None,
@@ -296,6 +334,32 @@ pub async fn record(
                     EventType::Warning,
                     "IPConflict",
                     format!("{ip}: {detail}, {what}"),
+                )
+                .await;
+            }
+            Report::Split {
+                service,
+                ip,
+                mac,
+                iface,
+                kept,
+            } => {
+                let (ns, name) = split(&service);
+                let what = if kept {
+                    "this node's standing is better: it keeps the IP"
+                } else {
+                    "the other's standing is better: this node yields the IP"
+                };
+                let note = format!(
+                    "{ip}: another speaker of this cluster ({mac} on {iface} of node \"{node}\") claims it too, the membership is split while the LAN is not; {what}"
+                );
+                event(
+                    &recorder,
+                    ns,
+                    name,
+                    EventType::Warning,
+                    "SplitMembership",
+                    note,
                 )
                 .await;
             }

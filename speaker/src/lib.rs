@@ -8,7 +8,9 @@
 //! - [`carry`]: which in-flight connections go on to an IP's previous owner after a move;
 //!   [`nftables`] writes the rules that do it.
 //! - [`conflict`]: RFC 5227 / DAD probing before a first announcement.
+//! - [`lifecycle`]: the life of each owned IP (probe, check, announce, hold, yield), pure.
 //! - [`socket`]: the filtered AF_PACKET socket of one interface, handed to pnet.
+//! - [`quorum`]: what this node may take over, from how much of the cluster it sees.
 //! - [`fencing`]: whether this node may announce at all (cut off from its peers by its own link).
 //! - [`local_vips`]: owned IPs held on a dummy interface for listeners on the node itself.
 //! - [`node`]: the loop on one node: decisions in, announcer and reports out.
@@ -26,14 +28,16 @@ pub mod gratuitous;
 pub mod interfaces;
 pub mod kernel_arp;
 pub mod kubernetes;
+pub mod lifecycle;
 pub mod local_vips;
 pub mod membership;
 pub mod metrics;
 pub mod nftables;
 pub mod node;
+pub mod quorum;
 pub mod responder;
 pub mod scheduling;
 pub mod socket;
 pub mod standalone;
 
-pub use announcer::{Announcer, AnnouncerConfig, Event, Events, Intent, Stats};
+pub use announcer::{Announcer, AnnouncerConfig, Event, Events, Intent, Start, Stats};

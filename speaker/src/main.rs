@@ -12,14 +12,16 @@ use ferrolb_daemon::shutdown;
 use ferrolb_daemon::statedir::StateDir;
 use ferrolb_daemon::telemetry;
 use ferrolb_proto::gossip::KeyRing;
+use ferrolb_proto::wire::mark::Marker;
 use ferrolb_speaker::conflict::ProbePlan;
 use ferrolb_speaker::gratuitous::GratuitousPlan;
 use ferrolb_speaker::interfaces::{self, DEFAULT_EXCLUDE, ExcludePatterns};
+use ferrolb_speaker::lifecycle::CheckPlan;
 use ferrolb_speaker::local_vips::{self, LocalVips};
 use ferrolb_speaker::membership::{Config as ProtocolConfig, Membership, MembershipConfig};
 use ferrolb_speaker::metrics::Metrics;
 use ferrolb_speaker::node::{self, Feeds, NodeSettings};
-use ferrolb_speaker::{Announcer, AnnouncerConfig, Event, Intent};
+use ferrolb_speaker::{Announcer, AnnouncerConfig, Event, Intent, Start};
 use ferrolb_speaker::{kubernetes, standalone};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
@@ -120,6 +122,12 @@ struct RunArgs {
     /// Namespace holding the IPAddressPools, L2Advertisements and ServiceL2Statuses.
     #[arg(long, env = "FERROLB_NAMESPACE", default_value = "metallb-system")]
     namespace: String,
+    /// Label selector of the speaker pods in --namespace (e.g.
+    /// `app.kubernetes.io/component=speaker`): the nodes they run on are the speakers a quorum
+    /// counts. Without it every Node counts, so a DaemonSet limited to some nodes never holds a
+    /// majority. Not used standalone, where every Node manifest is a speaker's host.
+    #[arg(long, env = "FERROLB_SPEAKER_SELECTOR", value_name = "SELECTOR")]
+    speaker_selector: Option<String>,
     /// UDP address the membership protocol listens on.
     #[arg(long, env = "FERROLB_MEMBERSHIP_BIND", default_value = "0.0.0.0:7946")]
     membership_bind: SocketAddr,
@@ -286,7 +294,8 @@ struct AnnouncerArgs {
     /// Keep announcing every N seconds after the burst (for switches whose tables age out).
     #[arg(long, env = "FERROLB_GRATUITOUS_REFRESH_SECS")]
     gratuitous_refresh_secs: Option<u64>,
-    /// Probes sent before announcing (with --probe).
+    /// Probes sent before announcing an IP for the first time (`run` probes every IP no speaker
+    /// announced before; `announce` only with --probe).
     #[arg(long, env = "FERROLB_PROBE_COUNT", default_value_t = 3)]
     probe_count: u32,
     /// Milliseconds between probes.
@@ -298,6 +307,11 @@ struct AnnouncerArgs {
     /// Seconds before probing again an IP found taken.
     #[arg(long, env = "FERROLB_RECHECK_SECS", default_value_t = 10)]
     recheck_secs: u64,
+    /// Milliseconds to listen, after one probe, before taking over an IP another speaker
+    /// announced: a speaker of this cluster still answering for it with a better standing (one
+    /// cut off from the membership) keeps it, so no two nodes ever answer. 0 takes over at once.
+    #[arg(long, env = "FERROLB_TAKEOVER_CHECK_MS", default_value_t = ms(CheckPlan::DEFAULT_WAIT))]
+    takeover_check_ms: u64,
     /// Also hold each owned IP on this dummy interface (created at start, deleted at exit,
     /// ARP suppressed) so listeners on this node receive its traffic: for hosts without
     /// kube-proxy. Sets net.ipv4.conf.{all,NAME}.arp_ignore=1 and arp_announce=2.
@@ -338,7 +352,12 @@ impl AnnouncerArgs {
                 wait: Duration::from_millis(self.probe_wait_ms),
                 recheck: Duration::from_secs(self.recheck_secs),
             },
+            check: CheckPlan {
+                wait: Duration::from_millis(self.takeover_check_ms),
+                ..CheckPlan::default()
+            },
             kernel_arp: self.kernel_arp_skip,
+            marker: None,
         }
     }
 }
@@ -377,7 +396,8 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
     announcer.set_links(links.borrow_and_update().clone());
     let intent = Intent {
         interfaces: args.interfaces.clone(),
-        probe_first: args.probe,
+        start: if args.probe { Start::Probe } else { Start::Now },
+        standing: None,
     };
     let owned: BTreeMap<IpAddr, Intent> = args.ips.iter().map(|ip| (*ip, intent.clone())).collect();
     info!(ips = ?args.ips, interfaces = ?args.interfaces, probe = args.probe, "static announce");
@@ -397,8 +417,7 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
             }
             Some(event) = events.recv() => match event {
                 // The announcer logs each of these itself; the static mode has no API to tell.
-                Event::Conflict { .. } | Event::NoInterface { .. } | Event::ResponderFailed { .. }
-                | Event::Announcing { .. } => debug!(?event, "announcer event"),
+                Event::Ip(_) | Event::ResponderFailed { .. } => debug!(?event, "announcer event"),
             },
         }
     }
@@ -464,6 +483,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     let keys = KeyRing::parse(&key_text)
         .with_context(|| format!("membership key file {}", args.membership_key_file.display()))?;
+    let marks = Marker::new(&keys);
 
     let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
     let (first, cluster, recorder) = match &args.state_dir {
@@ -479,8 +499,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                  to run without Kubernetes, use --state-dir DIR",
             )?;
             info!(namespace = %args.namespace, "listing Services, pools, advertisements, nodes and endpoints");
-            let Some((first, cluster)) =
-                kubernetes::follow(client.clone(), &args.namespace, stop.clone()).await
+            let Some((first, cluster)) = kubernetes::follow(
+                client.clone(),
+                &args.namespace,
+                args.speaker_selector.as_deref(),
+                stop.clone(),
+            )
+            .await
             else {
                 return Ok(());
             };
@@ -526,10 +551,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let links = interfaces::watch()
         .await
         .context("watching network links over netlink (needs a Linux network namespace)")?;
-    let announcer_config = args.announcer.config();
+    let mut announcer_config = args.announcer.config();
+    announcer_config.marker = Some(marks);
+    let membership_link = match interfaces::holding(membership.advertise().ip()).await {
+        Ok(Some(link)) => Some(link),
+        Ok(None) => {
+            info!(address = %membership.advertise().ip(), "the membership address is on no local link (NAT?): losing a link fences this node only once it is alone");
+            None
+        }
+        Err(error) => {
+            warn!(%error, "cannot find the link the membership runs over");
+            None
+        }
+    };
     let fencing = node::Fencing {
         hold: Duration::from_millis(args.membership.fence_hold_ms),
         exclude: announcer_config.exclude.clone(),
+        membership_link,
         rejoin: Some(membership.rejoiner()),
     };
     let (announcer, events) =
@@ -573,6 +611,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // and announce; only then stop answering.
     readiness.not_ready("shutting down");
     info!("leaving the membership; answering until the successors have taken over");
+    announcer.leaving();
     membership.leave().await;
     tokio::task::spawn_blocking(move || announcer.shutdown())
         .await

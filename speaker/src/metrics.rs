@@ -1,5 +1,5 @@
 //! The speaker's Prometheus metrics: MetalLB's layer-2 figures under the `ferrolb_` prefix,
-//! plus conflicts, takeovers and the membership protocol's health.
+//! plus conflicts, splits, quorum, takeovers and the membership protocol's health.
 //!
 //! The announcer and the membership loop count in their own atomics; [`Metrics::refresh`]
 //! copies those counts into the registry (counters only ever move forward).
@@ -23,6 +23,9 @@ pub struct Metrics {
     responses: IntCounterVec,
     gratuitous: IntCounterVec,
     conflicts: IntCounterVec,
+    splits: IntCounterVec,
+    malformed: IntCounterVec,
+    send_errors: IntCounterVec,
     responder_errors: IntCounterVec,
     takeovers: IntCounter,
     members: IntGaugeVec,
@@ -32,6 +35,7 @@ pub struct Metrics {
     rejected: IntCounterVec,
     detection: Histogram,
     fenced: prometheus::IntGauge,
+    quorum: IntGaugeVec,
     carried: prometheus::IntGauge,
     carry_failures: IntCounter,
 }
@@ -80,8 +84,23 @@ impl Metrics {
             )?,
             conflicts: counter_vec(
                 "ferrolb_conflicts_total",
-                "Other stations seen claiming an IP this node owns or probes",
+                "Claims of foreign stations (not speakers of this cluster) seen on an IP this node owns or probes",
                 &["ip"],
+            )?,
+            splits: counter_vec(
+                "ferrolb_layer2_split_claims_total",
+                "Claims of other speakers of this cluster seen on an IP this node announces or checks: a membership split while the LAN is not",
+                &["ip"],
+            )?,
+            malformed: counter_vec(
+                "ferrolb_layer2_malformed_frames_total",
+                "ARP and neighbour discovery frames received that failed to parse, dropped",
+                &["iface"],
+            )?,
+            send_errors: counter_vec(
+                "ferrolb_layer2_send_errors_total",
+                "Replies the responder of an interface could not send",
+                &["iface"],
             )?,
             responder_errors: counter_vec(
                 "ferrolb_responder_errors_total",
@@ -126,6 +145,13 @@ impl Metrics {
                 "ferrolb_speaker_fenced",
                 "1 while this node announces nothing because it is cut off from its peers (lost link, or not joined yet)",
             )?,
+            quorum: IntGaugeVec::new(
+                Opts::new(
+                    "ferrolb_speaker_quorum",
+                    "1 for how much of the cluster this node sees: majority (takes over what it is elected for), half (only IPs nobody answers), minority (keeps what it announces), unadmitted (has met no peer: announces nothing)",
+                ),
+                &["quorum"],
+            )?,
             carried: prometheus::IntGauge::new(
                 "ferrolb_speaker_carried_ips",
                 "IPs this node took over whose in-flight connections it sends on to their previous owner",
@@ -141,6 +167,10 @@ impl Metrics {
         m.registry.register(Box::new(m.responses.clone()))?;
         m.registry.register(Box::new(m.gratuitous.clone()))?;
         m.registry.register(Box::new(m.conflicts.clone()))?;
+        m.registry.register(Box::new(m.splits.clone()))?;
+        m.registry.register(Box::new(m.malformed.clone()))?;
+        m.registry.register(Box::new(m.send_errors.clone()))?;
+        m.registry.register(Box::new(m.quorum.clone()))?;
         m.registry.register(Box::new(m.responder_errors.clone()))?;
         m.registry.register(Box::new(m.takeovers.clone()))?;
         m.registry.register(Box::new(m.members.clone()))?;
@@ -188,6 +218,14 @@ impl Metrics {
         }
     }
 
+    pub fn set_quorum(&self, quorum: crate::quorum::Quorum) {
+        for q in crate::quorum::Quorum::ALL {
+            self.quorum
+                .with_label_values(&[q.as_str()])
+                .set(i64::from(q == quorum));
+        }
+    }
+
     pub fn set_fenced(&self, fenced: bool) {
         self.fenced.set(i64::from(fenced));
     }
@@ -214,10 +252,21 @@ impl Metrics {
                 (&self.responses, s.replies_sent),
                 (&self.gratuitous, s.gratuitous_sent),
                 (&self.conflicts, s.conflicts),
+                (&self.splits, s.splits),
             ] {
                 if value > 0 {
                     catch_up(&counter.with_label_values(&[&ip]), value);
                 }
+            }
+        }
+        for (iface, s) in &stats.interfaces {
+            for (counter, value) in [
+                (&self.malformed, s.malformed_frames),
+                (&self.send_errors, s.send_errors),
+            ] {
+                // Every responder's series, from zero: a malformed frame is rare and worth an
+                // alert, so its absence must read as 0, not as no data.
+                catch_up(&counter.with_label_values(&[iface]), value);
             }
         }
         if let Some(m) = membership {

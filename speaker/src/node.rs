@@ -1,6 +1,7 @@
 //! The speaker's loop on one node: whenever the cluster's state or the live membership changes,
-//! decide who announces what, hand this node's share to the announcer, and report what changed
-//! to the backend (which records it as ServiceL2Status and Events).
+//! decide who announces what, hand this node's share to the announcer as far as its quorum lets
+//! it take IPs over, and report to the backend what it answers on the wire (which records it as
+//! ServiceL2Status and Events).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -9,17 +10,23 @@ use std::sync::Arc;
 use ferrolb_daemon::endpoint::Readiness;
 use ferrolb_daemon::shutdown::Shutdown;
 use ferrolb_proto::api::{IPAddressPool, L2Advertisement, ServiceL2Status};
+use ferrolb_proto::election::ElectionKey;
+use ferrolb_proto::wire::MacAddr;
+use ferrolb_proto::wire::mark::Standing;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::announcements::{self, Decision, Inputs, Interfaces};
-use crate::announcer::{Announcer, Event, Events, Intent};
+use crate::announcements::{self, Decision, Inputs, Interfaces, Outcome};
+use crate::announcer::{Announcer, Event, Events, Intent, Start};
 use crate::carry::{self, Carrier};
 use crate::fencing::{self, Fence};
 use crate::interfaces::{ExcludePatterns, Link};
+use crate::lifecycle::{self, Wire};
 use crate::membership::{LiveSet, Rejoin};
 use crate::metrics::Metrics;
+use crate::quorum::{self, Quorum};
 
 /// The cluster as the backend last read it.
 #[derive(Clone, Debug, Default)]
@@ -30,8 +37,22 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub endpoint_slices: Vec<EndpointSlice>,
     /// Services (`namespace/name`) some speaker has recorded announcing: taking those over
-    /// must not wait for a conflict probe.
+    /// is checked on the wire, not probed for seconds.
     pub announced: BTreeSet<String>,
+    /// The nodes expected to run a speaker (the quorum's count), when the backend knows them
+    /// better than the Node list (Kubernetes: the nodes of the speaker pods); `None`: every
+    /// Node.
+    pub speakers: Option<BTreeSet<String>>,
+}
+
+impl Cluster {
+    /// The speakers the quorum counts, besides the live members.
+    pub fn listed_speakers(&self) -> BTreeSet<String> {
+        match &self.speakers {
+            Some(speakers) => speakers.clone(),
+            None => self.nodes.iter().map(|n| n.name_any()).collect(),
+        }
+    }
 }
 
 /// The Services (`namespace/name`) that ServiceL2Status records say some speaker announces.
@@ -59,12 +80,21 @@ pub enum Report {
     },
     /// This node stopped announcing the Service.
     Withdrawn { service: String },
-    /// Another station claims an IP of the Service.
+    /// A foreign station claims an IP of the Service.
     Conflict {
         service: String,
         ip: IpAddr,
         detail: String,
         announced: bool,
+    },
+    /// Another speaker of this cluster claims an IP of the Service too: the membership is
+    /// split while the LAN is not. `kept`: this node keeps it (its standing is better).
+    Split {
+        service: String,
+        ip: IpAddr,
+        mac: MacAddr,
+        iface: String,
+        kept: bool,
     },
     /// None of the Service's requested interfaces can announce on this node.
     NoInterface {
@@ -85,17 +115,47 @@ pub struct NodeSettings {
     pub carry_connections: bool,
 }
 
-/// This node's share of the decisions: per Service, its IPs and interfaces.
-type Share = BTreeMap<String, (Vec<IpAddr>, Vec<String>)>;
+/// This node's share of the decisions: per Service, its IPs and interfaces (empty: every
+/// eligible one).
+pub type Share = BTreeMap<String, (Vec<IpAddr>, Vec<String>)>;
 
-/// The pure step: the decisions, this node's share, and the announcer's owned set.
+/// What the node does for one state of its inputs: the decisions of every speaker, the share
+/// of them this node takes, and the announcer's owned set.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub decisions: Vec<Decision>,
+    pub share: Share,
+    pub owned: BTreeMap<IpAddr, Intent>,
+    /// The Services some speaker is known to have announced, with their IPs: those recorded
+    /// now, and those recorded since this node started whose IPs are unchanged (an owner that
+    /// stops answering removes its record before its successor takes over).
+    pub announced: BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// The pure step: the decisions, and the share of them this node takes with its `quorum`,
+/// given what it took `before`.
+///
+/// A Service this node announced before is kept. Any other is taken as the quorum allows
+/// ([`crate::quorum`]): one that some speaker announced is checked on the wire first, unless its
+/// previous owner left gracefully (it hands over make-before-break); one nobody ever announced
+/// is probed, and only with a majority.
 pub fn plan(
     cluster: &Cluster,
     live: &LiveSet,
     settings: &NodeSettings,
-) -> (Vec<Decision>, Share, BTreeMap<IpAddr, Intent>) {
+    quorum: Quorum,
+    before: &Plan,
+) -> Plan {
     let live_names = live.names().map(str::to_owned).collect();
     let decisions = decide(cluster, &live_names, settings);
+    let announced: BTreeMap<String, Vec<IpAddr>> = decisions
+        .iter()
+        .filter(|d| {
+            cluster.announced.contains(&d.service)
+                || before.announced.get(&d.service) == Some(&d.ips)
+        })
+        .map(|d| (d.service.clone(), d.ips.clone()))
+        .collect();
     let mut share = Share::new();
     let mut owned = BTreeMap::new();
     for (decision, interfaces) in announcements::mine(&decisions, &settings.node_name) {
@@ -103,19 +163,79 @@ pub fn plan(
             Interfaces::All => Vec::new(),
             Interfaces::Only(names) => names.iter().cloned().collect(),
         };
-        let probe_first = !cluster.announced.contains(&decision.service);
+        let kept = before
+            .share
+            .get(&decision.service)
+            .is_some_and(|(ips, _)| *ips == decision.ips);
+        let start = if kept {
+            Start::Check
+        } else if announced.contains_key(&decision.service) {
+            let handed_over = previous_owner(&before.decisions, &decision.service)
+                .is_some_and(|node| live.departed.contains_key(node));
+            match quorum {
+                Quorum::Majority if handed_over => Start::Now,
+                Quorum::Majority | Quorum::Half => Start::Check,
+                Quorum::Minority | Quorum::Unadmitted => continue,
+            }
+        } else if quorum == Quorum::Majority {
+            Start::Probe
+        } else {
+            continue;
+        };
+        let standing = ElectionKey::for_service(&decision.ips)
+            .map(|key| Standing::of(&settings.node_name, key));
         for ip in &decision.ips {
             owned.insert(
                 *ip,
                 Intent {
                     interfaces: interfaces.clone(),
-                    probe_first,
+                    start,
+                    standing,
                 },
             );
         }
         share.insert(decision.service.clone(), (decision.ips.clone(), interfaces));
     }
-    (decisions, share, owned)
+    Plan {
+        decisions,
+        share,
+        owned,
+        announced,
+    }
+}
+
+fn previous_owner<'a>(decisions: &'a [Decision], service: &str) -> Option<&'a str> {
+    decisions
+        .iter()
+        .find(|d| d.service == service)
+        .and_then(|d| match &d.outcome {
+            Outcome::Announced { node, .. } => Some(node.as_str()),
+            Outcome::NotAnnounced(_) => None,
+        })
+}
+
+/// What the node answers on the wire: the Services of its share with at least one IP answered,
+/// with every interface one of them is answered on.
+pub fn on_wire(share: &Share, wire: &BTreeMap<IpAddr, Wire>) -> Share {
+    share
+        .iter()
+        .filter_map(|(service, (ips, _))| {
+            let mut interfaces = BTreeSet::new();
+            let mut answered = false;
+            for ip in ips {
+                if let Some(Wire::Answering { interfaces: on }) = wire.get(ip) {
+                    answered = true;
+                    interfaces.extend(on.iter().cloned());
+                }
+            }
+            answered.then(|| {
+                (
+                    service.clone(),
+                    (ips.clone(), interfaces.into_iter().collect()),
+                )
+            })
+        })
+        .collect()
 }
 
 fn decide(cluster: &Cluster, live: &BTreeSet<String>, settings: &NodeSettings) -> Vec<Decision> {
@@ -232,6 +352,8 @@ pub struct Fencing {
     pub hold: std::time::Duration,
     /// Links never announced on (their loss is no evidence).
     pub exclude: ExcludePatterns,
+    /// The link holding the node's membership address: losing it fences the node at once.
+    pub membership_link: Option<String>,
     /// Makes the membership reach out at once when a lost link comes back.
     pub rejoin: Option<Rejoin>,
 }
@@ -241,6 +363,7 @@ impl Default for Fencing {
         Fencing {
             hold: fencing::DEFAULT_HOLD,
             exclude: ExcludePatterns::default(),
+            membership_link: None,
             rejoin: None,
         }
     }
@@ -273,6 +396,56 @@ pub async fn run(
     .await
 }
 
+/// What the loop keeps between two rounds: what it handed the announcer, what the announcer
+/// says is on the wire, and what the backend was told.
+#[derive(Debug, Default)]
+struct Memory {
+    /// The plan handed to the announcer last.
+    plan: Plan,
+    /// What is on the wire for each owned IP, as the announcer last said.
+    wire: BTreeMap<IpAddr, Wire>,
+    /// What the backend was last told this node answers.
+    recorded: Share,
+    /// Some other member has been live since this node started.
+    admitted: bool,
+    quorum: Option<Quorum>,
+    fenced: bool,
+}
+
+impl Memory {
+    /// The reports that bring the backend's records in line with the wire, and how many of
+    /// them are takeovers (a Service newly answered that some speaker announced before).
+    fn record(&mut self, announced: &BTreeSet<String>) -> (Vec<Report>, u64) {
+        let now = on_wire(&self.plan.share, &self.wire);
+        let reports = changes(&self.recorded, &now);
+        let takeovers = now
+            .keys()
+            .filter(|s| !self.recorded.contains_key(*s) && announced.contains(*s))
+            .count() as u64;
+        self.recorded = now;
+        (reports, takeovers)
+    }
+
+    /// Records what the wire says now: logs, sends and counts.
+    fn report(
+        &mut self,
+        announced: &BTreeSet<String>,
+        me: &str,
+        metrics: &Metrics,
+        reports: &mpsc::UnboundedSender<Report>,
+    ) {
+        let (changed, takeovers) = self.record(announced);
+        for _ in 0..takeovers {
+            metrics.takeover();
+        }
+        for report in changed {
+            log_report(&report, me);
+            let _ = reports.send(report);
+        }
+        metrics.set_announced(&self.recorded, me);
+    }
+}
+
 /// [`run`] with explicit self-fencing settings.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_fenced(
@@ -285,16 +458,16 @@ pub async fn run_fenced(
     readiness: Readiness,
     mut shutdown: Shutdown,
 ) -> Announcer {
+    let me = settings.node_name.clone();
     let mut fence = Fence::new(
         fencing.hold,
         fencing.exclude.clone(),
+        fencing.membership_link.clone(),
         std::time::Instant::now(),
     );
-    let mut fenced = false;
+    let mut state = Memory::default();
     let mut recheck: Option<tokio::time::Instant> = None;
     let mut previous_live: Option<BTreeSet<String>> = None;
-    let mut share = Share::new();
-    let mut decisions: Vec<Decision> = Vec::new();
     {
         let links = feeds.links.borrow_and_update().clone();
         fence.links(&links, std::time::Instant::now());
@@ -309,31 +482,34 @@ pub async fn run_fenced(
             dirty = false;
             let cluster = feeds.cluster.borrow_and_update().clone();
             let live = feeds.live.borrow_and_update().clone();
-            let (next_decisions, mut next_share, mut owned) = plan(&cluster, &live, &settings);
-            let alone = live.names().all(|n| n == settings.node_name);
-            let others_listed = cluster.nodes.iter().any(|n| {
-                n.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n != settings.node_name)
-            });
+            state.admitted |= live.names().any(|n| n != me);
+            let listed = cluster.listed_speakers();
+            let quorum = quorum::quorum(&me, &listed, live.names(), state.admitted);
+            if state.quorum != Some(quorum) {
+                log_quorum(&me, quorum, &listed, &live);
+                state.quorum = Some(quorum);
+            }
+            metrics.set_quorum(quorum);
+            let mut next = plan(&cluster, &live, &settings, quorum, &state.plan);
+            let alone = live.names().all(|n| n == me);
+            let others_listed = listed.iter().any(|n| *n != me);
             let last_answer = feeds.membership.as_ref().and_then(|m| m.last_answer());
             let verdict =
                 fence.verdict(alone, others_listed, last_answer, std::time::Instant::now());
             recheck = verdict.recheck_at.map(tokio::time::Instant::from_std);
             if verdict.fenced {
-                next_share.clear();
-                owned.clear();
+                next.share.clear();
+                next.owned.clear();
             }
-            if verdict.fenced != fenced {
-                fenced = verdict.fenced;
-                if fenced {
-                    tracing::warn!(node = %settings.node_name, doubt = ?verdict.doubt, "fenced: alone in the membership after losing a link (or before joining); announcing nothing until a peer answers");
+            if verdict.fenced != state.fenced {
+                state.fenced = verdict.fenced;
+                if state.fenced {
+                    tracing::warn!(node = %me, doubt = ?verdict.doubt, "fenced: a link of this node was lost (the membership's, or another while alone); announcing nothing until a peer answers");
                 } else {
-                    tracing::info!(node = %settings.node_name, "no longer fenced");
+                    tracing::info!(node = %me, "no longer fenced");
                 }
             }
-            metrics.set_fenced(fenced);
+            metrics.set_fenced(state.fenced);
             let live_names: BTreeSet<String> = live.names().map(str::to_owned).collect();
             // Members that came back (a healed partition, a returning node): stations may have
             // learned another owner's MAC meanwhile, so every owner announces again.
@@ -341,20 +517,21 @@ pub async fn run_fenced(
                 .as_ref()
                 .is_some_and(|before| !live_names.is_subset(before));
             previous_live = Some(live_names);
-            let owned_ips = owned.keys().copied().collect();
+            let owned_ips = next.owned.keys().copied().collect();
+            let announced: BTreeSet<String> = next.announced.keys().cloned().collect();
             let without_me = || {
                 let others = live
                     .names()
-                    .filter(|n| *n != settings.node_name)
+                    .filter(|n| *n != me)
                     .map(str::to_owned)
                     .collect();
                 decide(&cluster, &others, &settings)
             };
             let step = carry::Step {
-                me: &settings.node_name,
-                before: &decisions,
+                me: &me,
+                before: &state.plan.decisions,
                 without_me,
-                announced: &cluster.announced,
+                announced: &announced,
             };
             carrier
                 .follow(
@@ -364,43 +541,33 @@ pub async fn run_fenced(
                     &metrics,
                 )
                 .await;
-            announcer.set_owned(owned);
-            if grew && !next_share.is_empty() {
+            announcer.set_owned(next.owned.clone());
+            if grew && !next.share.is_empty() {
                 announcer.reannounce();
             }
-            for report in changes(&share, &next_share) {
-                if let Report::Announcing { service, .. } = &report
-                    && !share.contains_key(service)
-                    && cluster.announced.contains(service)
-                {
-                    metrics.takeover();
-                }
-                log_report(&report, &settings.node_name);
-                let _ = reports.send(report);
-            }
-            metrics.set_announced(&next_share, &settings.node_name);
+            state.wire.retain(|ip, _| next.owned.contains_key(ip));
+            state.plan = next;
+            state.report(&announced, &me, &metrics, &reports);
             metrics.set_members(&live);
-            share = next_share;
-            decisions = next_decisions;
             readiness.ready();
         }
         tokio::select! {
-            _ = shutdown.wait() => return announcer,
+            _ = shutdown.wait() => break,
             changed = feeds.cluster.changed() => {
-                if changed.is_err() { return announcer; }
+                if changed.is_err() { break; }
                 dirty = true;
             }
             changed = feeds.live.changed() => {
-                if changed.is_err() { return announcer; }
+                if changed.is_err() { break; }
                 dirty = true;
             }
             changed = feeds.links.changed() => {
-                if changed.is_err() { return announcer; }
+                if changed.is_err() { break; }
                 let links = feeds.links.borrow_and_update().clone();
                 if fence.links(&links, std::time::Instant::now())
                     && let Some(rejoin) = &fencing.rejoin
                 {
-                    tracing::info!(node = %settings.node_name, "a link came back: rejoining the membership");
+                    tracing::info!(node = %me, "a link came back: rejoining the membership");
                     rejoin.now();
                 }
                 announcer.set_links(links);
@@ -421,10 +588,52 @@ pub async fn run_fenced(
                 }
             }
             Some(event) = feeds.events.recv() => {
-                if let Some(report) = report_event(event, &decisions, &metrics) {
+                if let Event::Ip(lifecycle::Event::Wire { ip, wire }) = &event
+                    && state.plan.owned.contains_key(ip)
+                {
+                    if *wire == Wire::NoInterface {
+                        let wanted = state.plan.owned.get(ip).map(|i| i.interfaces.clone()).unwrap_or_default();
+                        let service = service_of(&state.plan.decisions, *ip);
+                        tracing::warn!(%ip, %service, ?wanted, "none of the requested interfaces can announce on this node");
+                        let _ = reports.send(Report::NoInterface { service, ip: *ip, wanted });
+                    }
+                    state.wire.insert(*ip, wire.clone());
+                    let announced: BTreeSet<String> = state.plan.announced.keys().cloned().collect();
+                    state.report(&announced, &me, &metrics, &reports);
+                } else if let Some(report) = report_event(event, &state.plan.decisions, &metrics) {
                     let _ = reports.send(report);
                 }
             }
+        }
+    }
+    // Stopping: this node records nothing any more (its successors record what they take).
+    for service in std::mem::take(&mut state.recorded).into_keys() {
+        let _ = reports.send(Report::Withdrawn { service });
+    }
+    announcer
+}
+
+fn log_quorum(me: &str, quorum: Quorum, listed: &BTreeSet<String>, live: &LiveSet) {
+    let live_count = live.names().chain([me]).collect::<BTreeSet<_>>().len();
+    let known = listed
+        .iter()
+        .map(String::as_str)
+        .chain(live.names())
+        .chain([me])
+        .collect::<BTreeSet<_>>()
+        .len();
+    match quorum {
+        Quorum::Majority => {
+            tracing::info!(node = %me, live = live_count, known, "quorum: a majority of the speakers is live; taking over what the election gives this node")
+        }
+        Quorum::Half => {
+            tracing::warn!(node = %me, live = live_count, known, "quorum: exactly half of the speakers is live; taking over only IPs nobody answers on the wire, starting no new one")
+        }
+        Quorum::Minority => {
+            tracing::warn!(node = %me, live = live_count, known, "quorum lost: fewer than half of the speakers are live (this node may be the one cut off); keeping what it announces, taking nothing over")
+        }
+        Quorum::Unadmitted => {
+            tracing::info!(node = %me, known, "waiting to meet a peer before announcing anything (other speakers are listed)")
         }
     }
 }
@@ -444,22 +653,18 @@ fn service_of(decisions: &[Decision], ip: IpAddr) -> String {
         .unwrap_or_default()
 }
 
+/// The report an announcer event makes, other than a change of what is on the wire.
 fn report_event(event: Event, decisions: &[Decision], metrics: &Metrics) -> Option<Report> {
     match event {
-        Event::Announcing { ip, interfaces } => {
-            tracing::info!(%ip, ?interfaces, service = %service_of(decisions, ip), "answering and announcing");
-            None
-        }
-        Event::Conflict {
+        Event::Ip(lifecycle::Event::Conflict {
             ip,
             iface,
             mac,
             evidence,
             announced,
-        } => {
+        }) => {
             let service = service_of(decisions, ip);
-            let detail = format!("{mac} on {iface} claims {ip} ({evidence:?})");
-            tracing::warn!(%ip, %iface, %service, "IP conflict: {detail}");
+            let detail = format!("{mac} on {iface} claims {ip} ({evidence})");
             Some(Report::Conflict {
                 service,
                 ip,
@@ -467,15 +672,19 @@ fn report_event(event: Event, decisions: &[Decision], metrics: &Metrics) -> Opti
                 announced,
             })
         }
-        Event::NoInterface { ip, wanted } => {
-            let service = service_of(decisions, ip);
-            tracing::warn!(%ip, %service, ?wanted, "none of the requested interfaces can announce on this node");
-            Some(Report::NoInterface {
-                service,
-                ip,
-                wanted,
-            })
-        }
+        Event::Ip(lifecycle::Event::Split {
+            ip,
+            iface,
+            mac,
+            kept,
+        }) => Some(Report::Split {
+            service: service_of(decisions, ip),
+            ip,
+            mac,
+            iface,
+            kept,
+        }),
+        Event::Ip(lifecycle::Event::Wire { .. }) => None,
         Event::ResponderFailed { iface, error } => {
             metrics.responder_error(&iface);
             tracing::warn!(%iface, "responder failed (retried when links change): {error}");
@@ -525,6 +734,7 @@ mod tests {
                 .collect(),
             endpoint_slices: vec![],
             announced: BTreeSet::new(),
+            speakers: None,
         }
     }
 
@@ -556,27 +766,139 @@ mod tests {
         }
     }
 
+    fn plan_of(c: &Cluster, live: &LiveSet, node: &str, quorum: Quorum, before: &Plan) -> Plan {
+        plan(c, live, &settings(node), quorum, before)
+    }
+
     #[test]
     fn exactly_one_node_owns_both_ips_and_probes_only_new_services() {
         let c = cluster();
         let both = live(&["n1", "n2"]);
-        let (_, s1, o1) = plan(&c, &both, &settings("n1"));
-        let (_, s2, o2) = plan(&c, &both, &settings("n2"));
-        assert_eq!(s1.len() + s2.len(), 1);
-        let owned = if o1.is_empty() { o2 } else { o1 };
+        let none = Plan::default();
+        let p1 = plan_of(&c, &both, "n1", Quorum::Majority, &none);
+        let p2 = plan_of(&c, &both, "n2", Quorum::Majority, &none);
+        assert_eq!(p1.share.len() + p2.share.len(), 1);
+        let owned = if p1.owned.is_empty() {
+            p2.owned
+        } else {
+            p1.owned
+        };
         assert_eq!(owned.len(), 2, "both families go to one node");
         assert!(
             owned
                 .values()
-                .all(|i| i.probe_first && i.interfaces.is_empty())
+                .all(|i| i.start == Start::Probe && i.interfaces.is_empty())
         );
+        let standings: BTreeSet<_> = owned.values().map(|i| i.standing).collect();
+        assert_eq!(standings.len(), 1, "one standing for the Service's IPs");
 
         let mut announced = cluster();
         announced.announced.insert("demo/web".into());
-        let (_, _, o1) = plan(&announced, &live(&["n1"]), &settings("n1"));
+        let p = plan_of(&announced, &live(&["n1"]), "n1", Quorum::Majority, &none);
         assert!(
-            o1.values().all(|i| !i.probe_first),
-            "a takeover does not probe"
+            p.owned.values().all(|i| i.start == Start::Check),
+            "a takeover is checked on the wire, not probed"
+        );
+    }
+
+    #[test]
+    fn the_quorum_decides_what_is_taken_over() {
+        let mut c = cluster();
+        c.announced.insert("demo/web".into());
+        let alone = live(&["n2"]);
+        let none = Plan::default();
+        // n1 ranks first for the VIP; n2, alone, is elected.
+        let take = |quorum| plan_of(&c, &alone, "n2", quorum, &none).owned;
+        assert_eq!(take(Quorum::Majority).len(), 2);
+        assert!(take(Quorum::Half).values().all(|i| i.start == Start::Check));
+        assert!(
+            take(Quorum::Minority).is_empty(),
+            "a minority takes nothing over"
+        );
+        assert!(take(Quorum::Unadmitted).is_empty());
+        // What it already announced, a minority keeps.
+        let before = plan_of(&c, &alone, "n2", Quorum::Majority, &none);
+        assert_eq!(
+            plan_of(&c, &alone, "n2", Quorum::Minority, &before)
+                .owned
+                .len(),
+            2
+        );
+        // A Service nobody announced yet: only a majority starts it.
+        let fresh = cluster();
+        assert!(
+            plan_of(&fresh, &alone, "n2", Quorum::Half, &none)
+                .owned
+                .is_empty()
+        );
+        assert_eq!(
+            plan_of(&fresh, &alone, "n2", Quorum::Majority, &none)
+                .owned
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_hand_over_from_a_departed_owner_starts_at_once() {
+        let mut c = cluster();
+        c.announced.insert("demo/web".into());
+        let both = live(&["n1", "n2"]);
+        let first = plan_of(&c, &both, "n2", Quorum::Majority, &Plan::default());
+        let owner = previous_owner(&first.decisions, "demo/web")
+            .unwrap()
+            .to_owned();
+        let other = if owner == "n1" { "n2" } else { "n1" };
+        let mut after = live(&[other]);
+        let gone = both.members[&owner].address;
+        after.departed.insert(owner.clone(), gone);
+        let p = plan_of(&c, &after, other, Quorum::Majority, &first);
+        assert!(
+            p.owned.values().all(|i| i.start == Start::Now),
+            "make-before-break"
+        );
+        // Crashed instead of left: checked first.
+        let p = plan_of(&c, &live(&[other]), other, Quorum::Majority, &first);
+        assert!(p.owned.values().all(|i| i.start == Start::Check));
+    }
+
+    #[test]
+    fn the_records_follow_the_wire_not_the_plan() {
+        let ip: IpAddr = "10.250.0.100".parse().unwrap();
+        let ip6: IpAddr = "fd00:250::100".parse().unwrap();
+        let share: Share = [("demo/web".to_owned(), (vec![ip, ip6], vec![]))].into();
+        let mut wire = BTreeMap::new();
+        assert!(
+            on_wire(&share, &wire).is_empty(),
+            "planned, not answered yet"
+        );
+        wire.insert(ip, Wire::Probing);
+        wire.insert(
+            ip6,
+            Wire::Conflicted {
+                mac: MacAddr([2, 0, 0, 0, 0, 9]),
+            },
+        );
+        assert!(
+            on_wire(&share, &wire).is_empty(),
+            "probing or taken: not announced"
+        );
+        wire.insert(
+            ip,
+            Wire::Answering {
+                interfaces: vec!["eth0".into(), "eth1".into()],
+            },
+        );
+        wire.insert(
+            ip6,
+            Wire::Answering {
+                interfaces: vec!["eth1".into()],
+            },
+        );
+        assert_eq!(
+            on_wire(&share, &wire)["demo/web"].1,
+            ["eth0", "eth1"],
+            "the interfaces it is answered on"
         );
     }
 

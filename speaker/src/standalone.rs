@@ -25,6 +25,8 @@ pub fn cluster(snapshot: Snapshot) -> Cluster {
         nodes: snapshot.nodes,
         endpoint_slices: snapshot.endpoint_slices,
         announced,
+        // Every Node manifest is a host running a speaker.
+        speakers: None,
     }
 }
 
@@ -151,6 +153,17 @@ pub async fn record(dir: StateDir, node: String, mut reports: mpsc::UnboundedRec
                 wanted,
             } => {
                 tracing::warn!(%service, %ip, reason = "announceFailed", ?wanted, "none of the requested interfaces exists or is eligible on node {node}");
+                Ok(())
+            }
+            Report::Split {
+                service,
+                ip,
+                mac,
+                iface,
+                kept,
+            } => {
+                let what = if kept { "kept by this node" } else { "yielded" };
+                tracing::warn!(%service, %ip, %mac, %iface, reason = "SplitMembership", "another speaker of this cluster claims {ip} too ({what}): the membership is split while the LAN is not");
                 Ok(())
             }
         };

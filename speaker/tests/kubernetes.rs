@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use ferrolb_daemon::shutdown;
 use ferrolb_e2e::ApiServer;
+use ferrolb_speaker::Start;
 use ferrolb_speaker::kubernetes::{Pod, follow, record, status_name};
 use ferrolb_speaker::membership::{LiveSet, Member, MemberState};
-use ferrolb_speaker::node::{NodeSettings, Report, plan};
+use ferrolb_speaker::node::{NodeSettings, Plan, Report, plan};
+use ferrolb_speaker::quorum::Quorum;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -91,7 +93,7 @@ async fn the_cluster_view_follows_the_api_and_elects_the_endpoint_node() {
     let (_stop, shutdown) = shutdown::channel();
     let (first, mut feed) = tokio::time::timeout(
         WAIT,
-        follow(server.client().unwrap(), "metallb-system", shutdown),
+        follow(server.client().unwrap(), "metallb-system", None, shutdown),
     )
     .await
     .unwrap()
@@ -107,12 +109,13 @@ async fn the_cluster_view_follows_the_api_and_elects_the_endpoint_node() {
 
     // externalTrafficPolicy Local: only n2 hosts an endpoint, so n2 announces.
     let both = live(&["n1", "n2"]);
-    let (_, n1_share, _) = plan(&first, &both, &settings("n1"));
-    let (_, n2_share, owned) = plan(&first, &both, &settings("n2"));
-    assert!(n1_share.is_empty());
-    assert_eq!(n2_share.keys().collect::<Vec<_>>(), ["demo/web"]);
+    let none = Plan::default();
+    let n1 = plan(&first, &both, &settings("n1"), Quorum::Majority, &none);
+    let n2 = plan(&first, &both, &settings("n2"), Quorum::Majority, &none);
+    assert!(n1.share.is_empty());
+    assert_eq!(n2.share.keys().collect::<Vec<_>>(), ["demo/web"]);
     assert!(
-        owned.values().all(|i| i.probe_first),
+        n2.owned.values().all(|i| i.start == Start::Probe),
         "never announced before: probe first"
     );
 
@@ -130,8 +133,8 @@ async fn the_cluster_view_follows_the_api_and_elects_the_endpoint_node() {
         .unwrap()
         .unwrap();
     let cluster = feed.borrow().clone();
-    let (_, n2_share, _) = plan(&cluster, &both, &settings("n2"));
-    assert!(n2_share.is_empty());
+    let n2 = plan(&cluster, &both, &settings("n2"), Quorum::Majority, &n2);
+    assert!(n2.share.is_empty());
 }
 
 #[tokio::test]
@@ -196,7 +199,7 @@ async fn announcements_become_service_l2_statuses_and_events() {
 
     // A takeover view: another speaker's feed now sees the Service as announced (no probe).
     let (_stop, shutdown) = shutdown::channel();
-    let (first, _) = follow(server.client().unwrap(), "metallb-system", shutdown)
+    let (first, _) = follow(server.client().unwrap(), "metallb-system", None, shutdown)
         .await
         .unwrap();
     assert!(first.announced.contains("demo/web"));

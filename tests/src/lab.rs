@@ -24,6 +24,9 @@ use ferrolb_proto::wire::MacAddr;
 use crate::netns::{Namespace, host_ip};
 use crate::process::ProcessRegistry;
 
+/// Set to `1` to keep every lab's directory (logs, captures), not only a failed test's.
+pub const KEEP_ENV: &str = "FERROLB_KEEP_LAB";
+
 /// Prefix of every namespace a lab creates.
 pub const NAMESPACE_PREFIX: &str = "lab-";
 
@@ -470,7 +473,8 @@ impl Teardown {
             }
         }
         if let Some(dir) = self.dir.take() {
-            if std::thread::panicking() {
+            // FERROLB_KEEP_LAB=1 keeps a passing test's too, to read what happened.
+            if std::thread::panicking() || std::env::var_os(KEEP_ENV).is_some_and(|v| v == "1") {
                 let kept = dir.keep();
                 eprintln!(
                     "ferrolb lab {}: kept its logs and captures in {}",

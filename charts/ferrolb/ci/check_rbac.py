@@ -42,6 +42,8 @@ EXPECTED = set().union(
     grants("speaker", CLUSTER, "events.k8s.io", "events", "create", "patch"),
     grants("speaker", NAMESPACE, "metallb.io", "ipaddresspools", "list", "watch"),
     grants("speaker", NAMESPACE, "metallb.io", "l2advertisements", "list", "watch"),
+    # The speaker pods (FERROLB_SPEAKER_SELECTOR): the nodes the quorum counts.
+    grants("speaker", NAMESPACE, "", "pods", "list", "watch"),
     grants("speaker", NAMESPACE, "metallb.io", "servicel2statuses",
            "get", "list", "watch", "create", "update", "patch", "delete"),
     # ServiceL2Status carries only status, and its CRD has the status subresource:

@@ -1232,7 +1232,10 @@ fn advance(next: Instant, interval: Duration, now: Instant) -> Instant {
     }
 }
 
-/// What a push-pull row says, as an update attributed to the node that sent the table.
+/// What a push-pull row says, as an update attributed to the node that sent the table. A row
+/// saying dead is taken as a suspicion (as memberlist does): the table may be stale, e.g. that
+/// of a node rejoining after it was cut off and declared everyone dead, and a suspicion lets a
+/// live member refute it instead of being declared dead by a rumour.
 fn record_update(record: MemberRecord, sender: &str) -> Update {
     let MemberRecord {
         name,
@@ -1246,12 +1249,7 @@ fn record_update(record: MemberRecord, sender: &str) -> Update {
             incarnation,
             address,
         },
-        MemberState::Suspect => Update::Suspect {
-            member: name,
-            incarnation,
-            from: sender.to_owned(),
-        },
-        MemberState::Dead => Update::Dead {
+        MemberState::Suspect | MemberState::Dead => Update::Suspect {
             member: name,
             incarnation,
             from: sender.to_owned(),
