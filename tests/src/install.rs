@@ -2,9 +2,12 @@
 //! and a speaker in every node's namespace, the real binaries, and what a scenario asks of them
 //! (write a manifest, wait for an IP, find the owner, kill a speaker).
 //!
-//! The binaries are the workspace's own `ferrolb-controller` and `ferrolb-speaker`, found beside
-//! the running executable (`target/debug/`, or its parent when run from `target/debug/deps/`), or
-//! in `FERROLB_BIN_DIR`. Build them first: `cargo build -p ferrolb-controller -p ferrolb-speaker`.
+//! The binaries are the workspace's own `ferrolb-controller` and `ferrolb-speaker`, found where
+//! cargo put the running executable: beside it (`<target dir>/debug/`), or in its parent when run
+//! from `<target dir>/debug/deps/`, whatever the target directory is (`CARGO_TARGET_DIR`, a
+//! configured `target-dir`, or `target/`); or only in `FERROLB_BIN_DIR`, an absolute directory,
+//! when that is set. Build them first: `cargo build -p ferrolb-controller -p ferrolb-speaker`. A
+//! binary older than the workspace's sources is refused: the test would drive yesterday's code.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -30,28 +33,122 @@ pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The full path of a FerroLB binary, or an error that says how to build it.
 pub fn binary(name: &str) -> Result<PathBuf> {
-    let mut tried = Vec::new();
-    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+    let build = "cargo build -p ferrolb-controller -p ferrolb-speaker";
+    let candidates = match std::env::var_os(BIN_DIR_ENV) {
         // Set on purpose (the static binaries, say): never fall back to others.
-        tried.push(PathBuf::from(dir).join(name));
-    } else if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
+        Some(dir) => vec![bin_dir_from_env(&dir)?.join(name)],
+        None => beside_executable(name)?,
+    };
+    let Some(found) = candidates.iter().find(|p| p.is_file()) else {
+        let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        return Err(LabError::Spec(format!(
+            "the `{name}` binary is not built (looked at {}); build it first: {build} \
+             (with the same CARGO_TARGET_DIR as the tests), or set {BIN_DIR_ENV}",
+            list.join(", ")
+        )));
+    };
+    refuse_stale(found, &workspace_sources(), build)?;
+    Ok(found.clone())
+}
+
+/// `FERROLB_BIN_DIR` as given: it must be an absolute path to a directory. A relative one would be
+/// taken from the test's working directory, which cargo sets to the package's (`tests/`), not the
+/// directory the command was typed in.
+fn bin_dir_from_env(dir: &std::ffi::OsStr) -> Result<PathBuf> {
+    let dir = PathBuf::from(dir);
+    if !dir.is_absolute() {
+        return Err(LabError::Spec(format!(
+            "{BIN_DIR_ENV}={}: give an absolute path (cargo runs the tests in the package's \
+             directory, so a relative one would not mean what you typed)",
+            dir.display()
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(LabError::Spec(format!(
+            "{BIN_DIR_ENV}={}: no such directory",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+/// Where cargo put the FerroLB binaries, judged from where it put the running executable: the
+/// same profile directory, which is `deps/`'s parent for test executables.
+fn beside_executable(name: &str) -> Result<Vec<PathBuf>> {
+    let exe = std::env::current_exe().map_err(|source| LabError::Io {
+        context: "locating the running executable".to_owned(),
+        source,
+    })?;
+    let dir = exe.parent().ok_or_else(|| {
+        LabError::Spec(format!(
+            "the running executable {} has no directory",
+            exe.display()
+        ))
+    })?;
+    let mut candidates = vec![dir.join(name)];
+    if dir.file_name().is_some_and(|n| n == "deps")
+        && let Some(parent) = dir.parent()
     {
-        tried.push(dir.join(name));
-        if dir.file_name().is_some_and(|n| n == "deps")
-            && let Some(parent) = dir.parent()
+        candidates.push(parent.join(name));
+    }
+    Ok(candidates)
+}
+
+/// The source directories the FerroLB binaries are built from (as this crate was compiled).
+fn workspace_sources() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    ["proto", "daemon", "controller", "speaker"]
+        .iter()
+        .map(|krate| root.join(krate).join("src"))
+        .collect()
+}
+
+/// Fails when a source file under `sources` is newer than `binary`: cargo builds only what a
+/// command asks for, so `cargo test -p ferrolb-e2e` after an edit would drive the old binary.
+/// Sources that are not there (the binaries were copied to another machine) are not compared.
+fn refuse_stale(binary: &Path, sources: &[PathBuf], build: &str) -> Result<()> {
+    let built = std::fs::metadata(binary)
+        .and_then(|m| m.modified())
+        .map_err(|source| LabError::Io {
+            context: format!("reading the modification time of {}", binary.display()),
+            source,
+        })?;
+    for dir in sources {
+        if let Some((newest, path)) = newest_file(dir)
+            && newest > built
         {
-            tried.push(parent.join(name));
+            return Err(LabError::Spec(format!(
+                "{} is older than its source {}: rebuild it ({build}, or scripts/build-static \
+                 for {BIN_DIR_ENV}'s static binaries)",
+                binary.display(),
+                path.display()
+            )));
         }
     }
-    tried.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
-        LabError::Spec(format!(
-            "the `{name}` binary is not built (looked at {}); build it first: \
-             cargo build -p ferrolb-controller -p ferrolb-speaker (or set {BIN_DIR_ENV})",
-            list.join(", ")
-        ))
-    })
+    Ok(())
+}
+
+/// The most recently modified file under `dir`, with its time.
+fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let candidate = if path.is_dir() {
+            newest_file(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| (t, path))
+        };
+        if let Some((time, path)) = candidate
+            && newest.as_ref().is_none_or(|(best, _)| time > *best)
+        {
+            newest = Some((time, path));
+        }
+    }
+    newest
 }
 
 /// Manifests as users write them, as YAML text (pure).
@@ -536,8 +633,54 @@ pub fn random_key() -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::manifests;
+    use super::{bin_dir_from_env, manifests, refuse_stale};
     use ferrolb_proto::api::manifest::{Manifest, parse_documents};
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn bin_dir_must_be_an_absolute_directory() {
+        let relative = bin_dir_from_env("target/release".as_ref());
+        assert!(
+            relative.is_err_and(|e| e.to_string().contains("absolute")),
+            "a relative FERROLB_BIN_DIR is refused"
+        );
+        let missing = bin_dir_from_env("/nonexistent/ferrolb-bin".as_ref());
+        assert!(
+            missing.is_err_and(|e| e.to_string().contains("no such directory")),
+            "a missing FERROLB_BIN_DIR is refused"
+        );
+        assert!(bin_dir_from_env(std::env::temp_dir().as_os_str()).is_ok());
+    }
+
+    #[test]
+    fn a_binary_older_than_its_sources_is_refused() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let binary = dir.path().join("ferrolb-speaker");
+        let sources = dir.path().join("src");
+        std::fs::create_dir_all(sources.join("nested"))?;
+        let source = sources.join("nested/lib.rs");
+        std::fs::write(&binary, b"")?;
+        std::fs::write(&source, b"")?;
+        let now = SystemTime::now();
+        let set = |path: &std::path::Path, time: SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(path)?
+                .set_modified(time)
+        };
+        set(&binary, now)?;
+        set(&source, now - Duration::from_secs(60))?;
+        assert!(refuse_stale(&binary, std::slice::from_ref(&sources), "build").is_ok());
+        set(&source, now + Duration::from_secs(60))?;
+        let stale = refuse_stale(&binary, std::slice::from_ref(&sources), "build");
+        assert!(
+            stale.is_err_and(|e| e.to_string().contains("nested/lib.rs")),
+            "the newer source is named"
+        );
+        // No sources (binaries copied elsewhere): nothing to compare against.
+        assert!(refuse_stale(&binary, &[dir.path().join("absent")], "build").is_ok());
+        Ok(())
+    }
 
     #[test]
     fn manifests_read_back_as_their_kinds() {

@@ -115,6 +115,16 @@ def main():
             secrets.add(args.existing_secret)
         counts = {"validated": 0, "skipped": 0}
         before = len(problems)
+        # A check over no objects passes whatever the chart does: an empty file is a failure, and
+        # a rendered chart (anything but CRDs) must hold the two workloads whose shape is checked.
+        if not docs:
+            problems.append(f"{path}: no objects (a failed or empty render?)")
+        elif any(d.get("kind") != "CustomResourceDefinition" for d in docs):
+            for kind, suffix in (("Deployment", "-controller"), ("DaemonSet", "-speaker")):
+                found = [d for d in docs if d.get("kind") == kind]
+                if len(found) != 1 or not found[0]["metadata"]["name"].endswith(suffix):
+                    names = [d["metadata"]["name"] for d in found]
+                    problems.append(f"{path}: expected one {kind} named *{suffix} to check the shape of, found {names}")
         for doc in docs:
             key = (doc.get("apiVersion"), doc.get("kind"))
             if key in SKIPPED_KINDS:

@@ -85,7 +85,37 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (include "ferrolb.componentName" (dict "ctx" . "component" "membership")) .Values.speaker.membership.existingSecret }}
 {{- end }}
 
-{{/* Environment both components share. */}}
+{{/* The speakers' membership UDP port: speaker.membership.port, or MetalLB's spelling
+speaker.memberlist.mlBindPort when set (templates/compatibility.yaml refuses the two disagreeing). */}}
+{{- define "ferrolb.membershipPort" -}}
+{{- $ml := .Values.speaker.memberlist.mlBindPort }}
+{{- if kindIs "invalid" $ml }}{{ .Values.speaker.membership.port }}{{ else }}{{ $ml }}{{ end }}
+{{- end }}
+
+{{/* A component's log filter: MetalLB's <component>.logLevel when set (all -> trace, none -> off),
+else logging.level. Call with (dict "ctx" $ "component" "controller"). */}}
+{{- define "ferrolb.logLevel" -}}
+{{- $level := index .ctx.Values .component "logLevel" }}
+{{- if not $level }}{{ .ctx.Values.logging.level }}
+{{- else if eq $level "all" }}trace
+{{- else if eq $level "none" }}off
+{{- else }}{{ $level }}
+{{- end }}
+{{- end }}
+
+{{/* The speaker's tolerations; with MetalLB's speaker.tolerateMaster false, those of
+control-plane and master nodes are taken out. */}}
+{{- define "ferrolb.speakerTolerations" -}}
+{{- $kept := list }}
+{{- range .Values.speaker.tolerations }}
+{{- if or $.Values.speaker.tolerateMaster (not (has (toString .key) (list "node-role.kubernetes.io/control-plane" "node-role.kubernetes.io/master"))) }}
+{{- $kept = append $kept . }}
+{{- end }}
+{{- end }}
+{{- with $kept }}{{ toYaml . }}{{ end }}
+{{- end }}
+
+{{/* Environment both components share: call with (dict "ctx" $ "component" "controller"). */}}
 {{- define "ferrolb.commonEnv" -}}
 - name: FERROLB_NAMESPACE
   valueFrom:
@@ -96,10 +126,10 @@ app.kubernetes.io/component: {{ .component }}
     fieldRef:
       fieldPath: metadata.name
 - name: FERROLB_LOG_FORMAT
-  value: {{ .Values.logging.format | quote }}
+  value: {{ .ctx.Values.logging.format | quote }}
 - name: FERROLB_LOG_LEVEL
-  value: {{ .Values.logging.level | quote }}
-{{- with .Values.loadBalancerClass }}
+  value: {{ include "ferrolb.logLevel" . | quote }}
+{{- with .ctx.Values.loadBalancerClass }}
 - name: FERROLB_LB_CLASS
   value: {{ . | quote }}
 {{- end }}

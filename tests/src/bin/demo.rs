@@ -1,4 +1,4 @@
-//! The one-command demo (`sudo scripts/demo`): FerroLB's whole job on a lab of network namespaces.
+//! The one-command demo (`scripts/demo`, as root): FerroLB's whole job on a lab of network namespaces.
 //!
 //! A pool and a LoadBalancer Service go into a fresh state directory; the controller gives the
 //! Service an IP, the speakers elect the node that answers for it, the client finds it with arping
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         eprintln!(
             "demo: needs root: it creates network namespaces, veth pairs and a bridge, opens raw \
              sockets (the speakers answer ARP) and sets nftables rules inside the lab's \
-             namespaces. Nothing outside those namespaces is touched. Run: sudo scripts/demo"
+             namespaces. Nothing outside those namespaces is touched. Run it as root: scripts/demo"
         );
         return ExitCode::FAILURE;
     }
