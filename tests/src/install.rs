@@ -7,7 +7,8 @@
 //! from `<target dir>/debug/deps/`, whatever the target directory is (`CARGO_TARGET_DIR`, a
 //! configured `target-dir`, or `target/`); or only in `FERROLB_BIN_DIR`, an absolute directory,
 //! when that is set. Build them first: `cargo build -p ferrolb-controller -p ferrolb-speaker`. A
-//! binary older than the workspace's sources is refused: the test would drive yesterday's code.
+//! binary older than the sources it is built from is refused: the test would drive yesterday's
+//! code.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -47,7 +48,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
             list.join(", ")
         )));
     };
-    refuse_stale(found, &workspace_sources(), build)?;
+    refuse_stale(found, &sources_of(name), build)?;
     Ok(found.clone())
 }
 
@@ -94,10 +95,12 @@ fn beside_executable(name: &str) -> Result<Vec<PathBuf>> {
     Ok(candidates)
 }
 
-/// The source directories the FerroLB binaries are built from (as this crate was compiled).
-fn workspace_sources() -> Vec<PathBuf> {
+/// The source directories the binary `name` is built from (as this crate was compiled): its
+/// own crate's and those it depends on, not its sibling's, which cargo does not relink it for.
+fn sources_of(name: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    ["proto", "daemon", "controller", "speaker"]
+    let own = name.strip_prefix("ferrolb-").unwrap_or(name);
+    ["proto", "daemon", own]
         .iter()
         .map(|krate| root.join(krate).join("src"))
         .collect()
