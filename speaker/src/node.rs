@@ -172,8 +172,10 @@ pub fn plan(
         } else if announced.contains_key(&decision.service) {
             let handed_over = previous_owner(&before.decisions, &decision.service)
                 .is_some_and(|node| live.departed.contains_key(node));
+            // A Leave is sealed with the cluster key: a node that said it leaves is not cut
+            // off, and answers only until its successor claims the IP.
             match quorum {
-                Quorum::Majority if handed_over => Start::Now,
+                Quorum::Majority | Quorum::Half if handed_over => Start::Now,
                 Quorum::Majority | Quorum::Half => Start::Check,
                 Quorum::Minority | Quorum::Unadmitted => continue,
             }

@@ -298,3 +298,51 @@ async fn a_speaker_without_a_pod_leaves_its_records_without_an_owner() {
         "no stale owner whose deletion would take the record"
     );
 }
+
+#[tokio::test]
+async fn the_quorum_counts_the_nodes_of_the_speaker_pods_when_their_selector_is_given() {
+    let server = ApiServer::start().await.unwrap();
+    seed(&server);
+    // A third Node runs no speaker (the DaemonSet's nodeSelector leaves it out).
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n3"}}))
+        .unwrap();
+    let pod = |name: &str, node: &str, app: &str, phase: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "metallb-system",
+                "labels": {"app.kubernetes.io/component": app}},
+            "spec": {"nodeName": node, "containers": [{"name": "speaker", "image": "x"}]},
+            "status": {"phase": phase}})
+    };
+    for object in [
+        pod("speaker-a", "n1", "speaker", "Running"),
+        pod("speaker-b", "n2", "speaker", "Pending"),
+        pod("speaker-old", "n3", "speaker", "Failed"),
+        pod("controller-x", "n3", "controller", "Running"),
+    ] {
+        server.apply(object).unwrap();
+    }
+    let (_stop, shutdown) = shutdown::channel();
+    let (first, _) = follow(
+        server.client().unwrap(),
+        "metallb-system",
+        Some("app.kubernetes.io/component=speaker"),
+        shutdown,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first.listed_speakers(),
+        ["n1".to_owned(), "n2".to_owned()].into(),
+        "scheduled speaker pods count, ended ones and other pods do not"
+    );
+    let (_stop, shutdown) = shutdown::channel();
+    let (every_node, _) = follow(server.client().unwrap(), "metallb-system", None, shutdown)
+        .await
+        .unwrap();
+    assert_eq!(
+        every_node.listed_speakers().len(),
+        3,
+        "without a selector, every Node"
+    );
+}

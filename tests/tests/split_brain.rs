@@ -388,3 +388,79 @@ fn a_cut_link_on_a_two_nic_owner_leaves_one_owner_per_segment() {
             .unwrap();
     }
 }
+
+#[test]
+fn a_two_node_cluster_still_fails_over_and_a_hand_over_is_no_conflict() {
+    lab_or_skip!("arping", "nginx", "nft", "tcpdump");
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Two speakers: a survivor sees exactly half of them, and takes an IP over only once the
+    // wire shows its owner silent.
+    let (mut journey, vips) = stage(Lab::builder().nodes(2), 2, 1);
+    let vip = vips[0];
+    let first = owner(&journey, vip);
+    // A graceful stop first: the successor takes over make-before-break, and the one leaving
+    // sees its successor's claim as a hand-over, not as a conflict with a foreign host.
+    let name = first.name().to_owned();
+    let log_path = journey
+        .install
+        .speaker(&name)
+        .unwrap()
+        .log_path()
+        .unwrap()
+        .to_owned();
+    let handed = journey
+        .measure_takeover(
+            "eth0",
+            vip,
+            first.mac(),
+            Duration::from_secs(5),
+            |install| install.stop_speaker(&name).map(drop),
+        )
+        .unwrap();
+    println!(
+        "two nodes: {name} stopped, {} answered after {:?}",
+        name_of(&journey, handed.mac),
+        handed.elapsed
+    );
+    // Make-before-break: the successor answers at once, not after the leaving speaker's
+    // linger (300 ms) and a check.
+    assert!(
+        handed.elapsed < Duration::from_millis(250),
+        "no gap at a hand-over"
+    );
+    let second = handed.mac;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log.contains("IP conflict") && !log.contains("split:"),
+        "a hand-over is no conflict:\n{log}"
+    );
+    let i = journey
+        .lab
+        .nodes()
+        .iter()
+        .position(|n| n.name() == name)
+        .unwrap()
+        + 1;
+    journey.install.start_speaker(i).unwrap();
+    journey.install.wait_membership(MEMBERSHIP).unwrap();
+    // The IP returns to its first owner (it ranks first); then that owner crashes.
+    journey
+        .arp_until("eth0", vip, MEMBERSHIP, |m| m == first.mac())
+        .unwrap();
+    let takeover = journey
+        .measure_takeover(
+            "eth0",
+            vip,
+            first.mac(),
+            Duration::from_secs(5),
+            |install| install.kill_speaker(&name),
+        )
+        .unwrap();
+    println!(
+        "two nodes: {name} crashed, {} took over after {:?}",
+        name_of(&journey, takeover.mac),
+        takeover.elapsed
+    );
+    assert_eq!(takeover.mac, second, "the survivor took over");
+    assert!(takeover.elapsed < Duration::from_secs(1), "within a second");
+}
