@@ -854,11 +854,13 @@ mod tests {
         let mut after = live(&[other]);
         let gone = both.members[&owner].address;
         after.departed.insert(owner.clone(), gone);
-        let p = plan_of(&c, &after, other, Quorum::Majority, &first);
-        assert!(
-            p.owned.values().all(|i| i.start == Start::Now),
-            "make-before-break"
-        );
+        for quorum in [Quorum::Majority, Quorum::Half] {
+            let p = plan_of(&c, &after, other, quorum, &first);
+            assert!(
+                !p.owned.is_empty() && p.owned.values().all(|i| i.start == Start::Now),
+                "make-before-break with {quorum}"
+            );
+        }
         // Crashed instead of left: checked first.
         let p = plan_of(&c, &live(&[other]), other, Quorum::Majority, &first);
         assert!(p.owned.values().all(|i| i.start == Start::Check));
