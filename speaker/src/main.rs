@@ -362,14 +362,25 @@ impl AnnouncerArgs {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+/// How long the exit waits, once everything has stopped, for blocking work still in flight (a
+/// netlink call of the nftables writers): an orchestrator's restart must not wait on it.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
+
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, &cli.log);
-    match cli.command {
-        Command::Run(args) => run(*args).await,
-        Command::Announce(args) => announce(args).await,
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the Tokio runtime")?;
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(*args).await,
+            Command::Announce(args) => announce(args).await,
+        }
+    });
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
 }
 
 async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {

@@ -33,6 +33,7 @@ pub struct Metrics {
     deaths: IntCounter,
     refutations: IntCounter,
     rejected: IntCounterVec,
+    receive_drops: IntCounter,
     detection: Histogram,
     fenced: prometheus::IntGauge,
     quorum: IntGaugeVec,
@@ -132,6 +133,10 @@ impl Metrics {
                 "Membership datagrams refused, by reason",
                 &["reason"],
             )?,
+            receive_drops: IntCounter::new(
+                "ferrolb_membership_receive_drops_total",
+                "Membership datagrams the kernel dropped because the socket's receive buffer was full",
+            )?,
             detection: Histogram::with_opts(
                 HistogramOpts::new(
                     "ferrolb_membership_detection_seconds",
@@ -178,6 +183,7 @@ impl Metrics {
         m.registry.register(Box::new(m.deaths.clone()))?;
         m.registry.register(Box::new(m.refutations.clone()))?;
         m.registry.register(Box::new(m.rejected.clone()))?;
+        m.registry.register(Box::new(m.receive_drops.clone()))?;
         m.registry.register(Box::new(m.detection.clone()))?;
         m.registry.register(Box::new(m.fenced.clone()))?;
         m.registry.register(Box::new(m.carried.clone()))?;
@@ -279,6 +285,7 @@ impl Metrics {
             catch_up(&self.suspicions, m.suspicions);
             catch_up(&self.deaths, m.deaths);
             catch_up(&self.refutations, m.refutations);
+            catch_up(&self.receive_drops, m.receive_drops);
             for (reason, count) in &m.rejected {
                 catch_up(&self.rejected.with_label_values(&[reason.as_str()]), *count);
             }

@@ -273,6 +273,15 @@ fn send(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
 }
 
 /// `setsockopt(2)` with an integer-sized (or any plain) value.
+/// Asks for a receive buffer of `bytes`: past `net.core.rmem_max` only with CAP_NET_ADMIN
+/// (SO_RCVBUFFORCE); otherwise as much as the kernel allows.
+pub(crate) fn size_receive_buffer(fd: &impl AsRawFd, bytes: libc::c_int) -> io::Result<()> {
+    if set_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &bytes).is_err() {
+        set_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn set_option<T>(
     fd: &impl AsRawFd,
     level: libc::c_int,
@@ -346,11 +355,8 @@ pub fn open(link: &Link) -> Result<PacketChannel, SocketError> {
 
     set_option(&fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &1 as &libc::c_int)
         .map_err(|e| err("setting PACKET_IGNORE_OUTGOING (needs Linux 4.20)", e))?;
-    // Past net.core.rmem_max only with CAP_NET_ADMIN (FORCE); otherwise as much as allowed.
-    if set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RECEIVE_BUFFER).is_err() {
-        set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &RECEIVE_BUFFER)
-            .map_err(|e| err("setting the receive buffer size", e))?;
-    }
+    size_receive_buffer(&fd, RECEIVE_BUFFER)
+        .map_err(|e| err("setting the receive buffer size", e))?;
     let timeout = libc::timeval {
         tv_sec: 0,
         tv_usec: libc::suseconds_t::try_from(READ_TIMEOUT.as_micros()).unwrap_or(100_000),

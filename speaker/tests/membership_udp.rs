@@ -140,3 +140,32 @@ async fn a_leaving_member_is_gone_at_once() {
         "{event:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_datagrams_is_received_or_its_drops_counted() {
+    let member = start("node-a", KEY, vec![]).await;
+    let to = member.local_addr();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    const BURST: u64 = 500;
+    // Garbage of the largest size a peer sends: received, refused, counted.
+    let datagram = vec![0xa5u8; 1200];
+    for _ in 0..BURST {
+        sender.send_to(&datagram, to).unwrap();
+    }
+    let metrics = member.metrics().clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (received, dropped) = loop {
+        let snapshot = metrics.snapshot();
+        let seen = (snapshot.datagrams_received, snapshot.receive_drops);
+        if seen.0 + seen.1 >= BURST || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!("a burst of {BURST}: {received} received, {dropped} dropped by the kernel");
+    assert_eq!(received + dropped, BURST, "every datagram accounted for");
+    if nix::unistd::geteuid().is_root() {
+        // As root the buffer is sized past net.core.rmem_max (SO_RCVBUFFORCE).
+        assert_eq!(dropped, 0, "the receive buffer holds the burst");
+    }
+}

@@ -464,3 +464,51 @@ fn a_two_node_cluster_still_fails_over_and_a_hand_over_is_no_conflict() {
     assert_eq!(takeover.mac, second, "the survivor took over");
     assert!(takeover.elapsed < Duration::from_secs(1), "within a second");
 }
+
+#[test]
+fn a_stopped_speaker_exits_at_once_and_leaves_no_record() {
+    lab_or_skip!("arping", "nginx", "nft", "tcpdump");
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut journey, vips) = stage(Lab::builder().nodes(3).second_segment(), 3, 3);
+    let mut exits = Vec::new();
+    for _ in 0..3 {
+        for ip in &vips {
+            let node = owner(&journey, *ip).name().to_owned();
+            let service = (0..vips.len())
+                .map(|i| format!("web{i}"))
+                .find(|s| journey.install.recorded_owners("demo", s).contains(&node))
+                .expect("the owner records a Service it answers");
+            let started = Instant::now();
+            let status = journey.install.stop_speaker(&node).unwrap();
+            let took = started.elapsed();
+            exits.push(took);
+            assert!(status.success(), "{node} exits cleanly: {status:?}");
+            assert!(
+                !journey
+                    .install
+                    .recorded_owners("demo", &service)
+                    .contains(&node),
+                "{node} removed its record of demo/{service} before exiting"
+            );
+            let i = journey
+                .lab
+                .nodes()
+                .iter()
+                .position(|n| n.name() == node)
+                .unwrap()
+                + 1;
+            journey.install.start_speaker(i).unwrap();
+            journey.install.wait_membership(MEMBERSHIP).unwrap();
+        }
+    }
+    exits.sort();
+    println!("SIGTERM to exit: {exits:?}");
+    // The linger (300 ms) and the announcer's shutdown; nothing may keep the process after.
+    assert!(
+        exits
+            .last()
+            .is_some_and(|d| *d < Duration::from_millis(900)),
+        "slowest exit {:?}",
+        exits.last()
+    );
+}

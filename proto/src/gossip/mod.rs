@@ -57,7 +57,7 @@ pub enum GossipError {
     )]
     UnknownVersion { version: u8 },
     #[error(
-        "sealed with key {key_id}, which this speaker does not hold: the peer has another cluster key (check the key file / Secret on both nodes)"
+        "sealed with key {key_id}, which this speaker does not hold: a speaker with another cluster key (check the key file / Secret on both nodes), or a forgery (the source address of an unauthenticated datagram proves nothing)"
     )]
     UnknownKey { key_id: KeyId },
     #[error(

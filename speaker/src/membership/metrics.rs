@@ -31,6 +31,8 @@ pub struct Metrics {
     /// exporter (bounded: the oldest are dropped past [`MAX_PENDING_DETECTIONS`]).
     detections: Mutex<Vec<Duration>>,
     last_answer: Mutex<Option<std::time::Instant>>,
+    /// The membership socket's inode, to read its drops by.
+    socket_inode: Mutex<Option<u64>>,
 }
 
 /// Detection times kept for the exporter between two reads.
@@ -52,11 +54,29 @@ pub struct MetricsSnapshot {
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
     pub send_errors: u64,
+    /// Datagrams the kernel dropped at the socket (its receive buffer was full).
+    pub receive_drops: u64,
     /// Rejected datagrams by reason, in [`Reason::ALL`] order.
     pub rejected: Vec<(Reason, u64)>,
 }
 
 impl Metrics {
+    pub(crate) fn set_socket(&self, inode: Option<u64>) {
+        *self
+            .socket_inode
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = inode;
+    }
+
+    /// Datagrams the kernel dropped at the membership socket so far (reads `/proc/net/udp`).
+    pub fn receive_drops(&self) -> u64 {
+        let inode = *self
+            .socket_inode
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        inode.and_then(super::drops::read).unwrap_or(0)
+    }
+
     pub fn rejected(&self, reason: Reason) -> u64 {
         self.slot(reason).load(Relaxed)
     }
@@ -144,6 +164,7 @@ impl Metrics {
             datagrams_sent: self.datagrams_sent.load(Relaxed),
             datagrams_received: self.datagrams_received.load(Relaxed),
             send_errors: self.send_errors.load(Relaxed),
+            receive_drops: self.receive_drops(),
             rejected: Reason::ALL
                 .iter()
                 .map(|r| (*r, self.rejected(*r)))

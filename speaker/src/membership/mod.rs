@@ -72,6 +72,7 @@
 //! MetalLB keep working; the protocols differ (and refuse each other by the envelope's magic),
 //! so do not run both on one node with the same port.
 
+mod drops;
 mod metrics;
 mod rng;
 mod shell;

@@ -101,6 +101,9 @@ pub enum MembershipError {
     Random(String),
 }
 
+/// The membership socket's receive buffer: a few thousand datagrams of the largest size.
+const RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
 #[derive(Debug)]
 enum Command {
     Leave(oneshot::Sender<()>),
@@ -158,6 +161,11 @@ impl Membership {
                 addr: config.bind,
                 source,
             })?;
+        // A burst (a rejoining node's push-pulls, every member's gossip at once) must not
+        // overflow the kernel's default ~200 KB; what still overflows is counted.
+        if let Err(error) = crate::socket::size_receive_buffer(&socket, RECEIVE_BUFFER) {
+            tracing::debug!(%error, "membership: the receive buffer keeps its default size");
+        }
         let advertise = config.advertise.unwrap_or(local_addr);
         if advertise.ip().is_unspecified() {
             return Err(MembershipError::UnspecifiedAdvertise(advertise));
@@ -183,6 +191,7 @@ impl Membership {
         let (commands, command_rx) = mpsc::channel(4);
         let metrics = Arc::new(Metrics::default());
         metrics.set_members(&swim.members());
+        metrics.set_socket(super::drops::inode(&socket));
         let inbox = Inbox::new(config.node_name, config.keys);
         let shell = Shell {
             socket,
@@ -389,7 +398,7 @@ impl Shell {
                 peer = %from,
                 reason = reason.as_str(),
                 suppressed,
-                "membership: refused a datagram from {from}: {error}"
+                "membership: refused a datagram claiming to come from {from}: {error}"
             );
         }
     }
