@@ -305,6 +305,7 @@ fn serving_nodes(svc: &Service, slices: &[EndpointSlice]) -> Option<BTreeSet<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrolb_proto::api::annotations::IP_ALLOCATED_FROM_POOL;
     use serde_json::{Value, json};
 
     fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -526,6 +527,60 @@ mod tests {
         assert_eq!(announcer(&i), "n2");
         i.endpoint_slices = vec![slice(&[("n3", true), ("n2", false)])];
         assert_eq!(announcer(&i), "n3");
+    }
+
+    /// Issue 19: of two overlapping pools, each with its own advertisement, the one the
+    /// controller allocated from (its annotation) decides; without the annotation, the older
+    /// pool, as the controller gives the overlap to the older pool.
+    #[test]
+    fn the_pool_the_controller_allocated_from_decides_where_pools_overlap() {
+        let mut i = inputs();
+        i.pools = vec![
+            from(
+                json!({"metadata": {"name": "a-new", "creationTimestamp": "2025-01-01T00:00:00Z"},
+                "spec": {"addresses": ["10.250.0.0/24"]}}),
+            ),
+            from(
+                json!({"metadata": {"name": "z-old", "creationTimestamp": "2024-01-01T00:00:00Z"},
+                "spec": {"addresses": ["10.250.0.100/30"]}}),
+            ),
+        ];
+        i.advertisements = vec![
+            from(
+                json!({"metadata": {"name": "new"}, "spec": {"ipAddressPools": ["a-new"], "interfaces": ["eth-new"]}}),
+            ),
+            from(
+                json!({"metadata": {"name": "old"}, "spec": {"ipAddressPools": ["z-old"], "interfaces": ["eth-old"]}}),
+            ),
+        ];
+        let interfaces = |i: &World| match outcome(i) {
+            Outcome::Announced { interfaces, .. } => interfaces,
+            other => panic!("not announced: {other:?}"),
+        };
+        let only = |name: &str| Interfaces::Only([name.to_owned()].into());
+        let annotated = |pool: &str| {
+            service(
+                "app",
+                "10.250.0.100",
+                json!({"metadata": {"annotations": {IP_ALLOCATED_FROM_POOL: pool}}}),
+            )
+        };
+
+        assert_eq!(
+            interfaces(&i),
+            only("eth-old"),
+            "no annotation: the older pool"
+        );
+        i.services = vec![annotated("a-new")];
+        assert_eq!(interfaces(&i), only("eth-new"), "the annotated pool");
+        i.services = vec![annotated("z-old")];
+        assert_eq!(interfaces(&i), only("eth-old"), "the annotated pool");
+        i.services = vec![annotated("gone")];
+        assert_eq!(
+            interfaces(&i),
+            only("eth-old"),
+            "an unknown pool: the older one"
+        );
     }
 
     #[test]

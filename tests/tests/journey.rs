@@ -653,3 +653,80 @@ fn standalone_hands_traffic_to_a_listener_on_the_owner_node() {
     }
     drop(proxies);
 }
+
+/// Issue 19: a pool added later that overlaps a serving one is the one refused, whatever the
+/// names; the serving pool stays valid and its VIPs keep being answered.
+#[test]
+fn an_overlapping_pool_added_later_is_refused_and_the_serving_pool_keeps_answering() {
+    lab_or_skip!("arping", "curl", "nginx", "nft");
+    let _slot = Slot::take();
+    let mut journey = Journey::new(Lab::builder()).unwrap();
+    journey
+        .install
+        .write(
+            "pool.yaml",
+            &manifests::pool("lan", &["10.250.0.100-10.250.0.110"]),
+        )
+        .unwrap();
+    journey
+        .install
+        .write("l2.yaml", &manifests::l2_advertisement_for("l2", &["lan"]))
+        .unwrap();
+    journey.install.start_all().unwrap();
+    let vip = add_service(&mut journey, &web());
+    let owner = reach(&journey, "demo/web", vip);
+    journey
+        .install
+        .wait_pool_validity("lan", ALLOCATE, |status, _| status == "True")
+        .unwrap();
+
+    // "a10" sorts before "lan": seniority by name would hand it the overlap.
+    journey
+        .install
+        .write(
+            "a10.yaml",
+            &manifests::pool("a10", &["fd01::/64", "10.0.0.0/8"]),
+        )
+        .unwrap();
+    let (_, why) = journey
+        .install
+        .wait_pool_validity("a10", ALLOCATE, |status, _| status == "False")
+        .unwrap();
+    assert!(
+        why.contains("10.0.0.0/8") && why.contains("lan"),
+        "a10 is refused naming the overlap with lan: {why}"
+    );
+    let macs = journey.arp_answers("eth0", v4(vip), 30).unwrap();
+    assert_eq!(
+        macs,
+        vec![owner.mac(); 30],
+        "every probe answered by {} after a10 was added",
+        owner.name()
+    );
+    assert_eq!(
+        journey.install.pool_validity("lan").map(|v| v.0).as_deref(),
+        Some("True"),
+        "lan stays valid"
+    );
+    assert_eq!(
+        journey.install.service_pool("demo", "web").as_deref(),
+        Some("lan")
+    );
+    let view = status_view(&journey);
+    assert!(
+        view.lines()
+            .any(|l| l.contains("a10") && l.contains("10.0.0.0/8") && l.contains("lan")),
+        "the status view says why a10 is refused:\n{view}"
+    );
+
+    // A restart of the controller keeps the order.
+    journey.install.kill_controller().unwrap();
+    journey.install.start_controller().unwrap();
+    journey.install.wait_controller_ready(ALLOCATE).unwrap();
+    assert_eq!(
+        journey.install.pool_validity("lan").map(|v| v.0).as_deref(),
+        Some("True"),
+        "lan is still the senior pool after a restart"
+    );
+    assert_eq!(reach(&journey, "demo/web", vip).name(), owner.name());
+}
