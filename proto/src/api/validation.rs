@@ -59,9 +59,8 @@ pub fn check_pool(pool: &IPAddressPool) -> Result<Vec<AddressRange>, Vec<PoolPro
 }
 
 /// Checks a set of pools: each on its own, plus overlaps across pools. Of two overlapping pools
-/// the one created later (by name when neither has a creation time, as in standalone mode) is
-/// the one at fault, so the older pool keeps serving, as MetalLB's webhook would have refused
-/// the newcomer.
+/// the younger ([`seniority`]) is the one at fault, so the older pool keeps serving, as
+/// MetalLB's webhook would have refused the newcomer.
 pub fn check_pools(pools: &[IPAddressPool]) -> Vec<PoolProblem> {
     let mut ordered: Vec<&IPAddressPool> = pools.iter().collect();
     ordered.sort_by(|a, b| seniority(a, b));
@@ -84,8 +83,10 @@ pub fn check_pools(pools: &[IPAddressPool]) -> Vec<PoolProblem> {
     problems
 }
 
-/// Older pools first; pools without a creation time (standalone manifests) after, by name.
-fn seniority(a: &IPAddressPool, b: &IPAddressPool) -> Ordering {
+/// Older pools first: by creation time (in standalone mode the time the controller first saw
+/// the pool, recorded in its status file), pools without one after (new to the controller),
+/// ties by namespace/name.
+pub fn seniority(a: &IPAddressPool, b: &IPAddressPool) -> Ordering {
     let created = |p: &IPAddressPool| p.metadata.creation_timestamp.clone();
     match (created(a), created(b)) {
         (Some(x), Some(y)) => x.cmp(&y),
