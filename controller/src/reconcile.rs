@@ -316,13 +316,15 @@ impl Reconciler {
         actions
     }
 
-    /// The set of pools changed (any create, edit or delete), or their status did.
+    /// The set of pools changed (any create, edit or delete, or their seniority), or their
+    /// status did.
     pub fn pools_changed(&mut self, pools: Vec<IPAddressPool>) -> Vec<Action> {
         let specs_changed = pools.len() != self.pools.len()
-            || pools
-                .iter()
-                .zip(&self.pools)
-                .any(|(a, b)| a.spec != b.spec || a.metadata.name != b.metadata.name);
+            || pools.iter().zip(&self.pools).any(|(a, b)| {
+                a.spec != b.spec
+                    || a.metadata.name != b.metadata.name
+                    || a.metadata.creation_timestamp != b.metadata.creation_timestamp
+            });
         self.pools = pools.clone();
         let mut actions = Vec::new();
         if specs_changed {

@@ -2,15 +2,19 @@
 //! It reads the directory, reacts to its changes (inotify), and writes each Service's allocation
 //! and each pool's counters into `status/` atomically; events become log lines.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use ferrolb_daemon::endpoint::Readiness;
 use ferrolb_daemon::shutdown::Shutdown;
 use ferrolb_daemon::statedir::{StateDir, StateDirError, Watch};
 use ferrolb_proto::api::annotations::IP_ALLOCATED_FROM_POOL;
-use ferrolb_proto::api::state::{Snapshot, pool_status_path, service_status_path};
+use ferrolb_proto::api::state::{
+    POOLS_STATUS_DIR, SERVICES_STATUS_DIR, Snapshot, pool_status_path, service_status_path,
+    stamp_new_pools,
+};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::ipam::ServiceKey;
@@ -31,8 +35,10 @@ pub async fn run(
     let mut reconciler = Reconciler::new(lb_class);
 
     let started = Instant::now();
-    let snapshot = dir.read()?;
+    let snapshot = read(&dir)?;
     report_problems(&snapshot, &mut reported);
+    let seen = first_seen(&snapshot);
+    let complete = snapshot.problems.is_empty();
     let Snapshot {
         pools,
         namespaces,
@@ -41,8 +47,8 @@ pub async fn run(
     } = snapshot;
     let actions = reconciler.start(pools, namespaces, services);
     report_pool_problems(&reconciler, &mut reported);
-    carry_out(&dir, actions, &metrics);
-    remove_stale_status(&dir, &reconciler);
+    carry_out(&dir, actions, &metrics, &seen);
+    remove_stale_status(&dir, &reconciler, &seen, complete);
     metrics.set_pools(&reconciler.allocator().pool_stats());
     metrics
         .reconcile_seconds
@@ -61,19 +67,47 @@ pub async fn run(
             }
         }
         let started = Instant::now();
-        let snapshot = dir.read()?;
+        let snapshot = read(&dir)?;
         report_problems(&snapshot, &mut reported);
+        let seen = first_seen(&snapshot);
+        let complete = snapshot.problems.is_empty();
         let actions = reconciler.sync(snapshot.pools, snapshot.namespaces, snapshot.services);
         report_pool_problems(&reconciler, &mut reported);
-        for key in carry_out(&dir, actions, &metrics) {
+        for key in carry_out(&dir, actions, &metrics, &seen) {
             reconciler.write_failed(&key);
         }
-        remove_stale_status(&dir, &reconciler);
+        remove_stale_status(&dir, &reconciler, &seen, complete);
         metrics.set_pools(&reconciler.allocator().pool_stats());
         metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
     }
+}
+
+/// Reads the directory. Pools new to the controller get their first-seen time (their
+/// seniority where pools overlap); a status they carry from an older version is dropped, so
+/// it is written again with that time.
+fn read(dir: &StateDir) -> Result<Snapshot, StateDirError> {
+    let mut snapshot = dir.read()?;
+    let new = stamp_new_pools(&mut snapshot.pools, Timestamp::now());
+    for pool in &mut snapshot.pools {
+        if new.contains(&pool.name_any()) {
+            pool.status = None;
+        }
+    }
+    Ok(snapshot)
+}
+
+/// When the controller first saw each pool, by name, as written into its status file.
+fn first_seen(snapshot: &Snapshot) -> BTreeMap<String, String> {
+    snapshot
+        .pools
+        .iter()
+        .filter_map(|p| {
+            let seen = p.metadata.creation_timestamp.as_ref()?;
+            Some((p.name_any(), seen.0.to_string()))
+        })
+        .collect()
 }
 
 /// Logs each unreadable manifest once, not on every reload.
@@ -96,7 +130,12 @@ fn report_pool_problems(reconciler: &Reconciler, reported: &mut BTreeSet<String>
 }
 
 /// Carries out every action; returns the Services whose write failed.
-fn carry_out(dir: &StateDir, actions: Vec<Action>, metrics: &Metrics) -> Vec<ServiceKey> {
+fn carry_out(
+    dir: &StateDir,
+    actions: Vec<Action>,
+    metrics: &Metrics,
+    seen: &BTreeMap<String, String>,
+) -> Vec<ServiceKey> {
     let mut failed = Vec::new();
     for action in actions {
         let service = match &action {
@@ -141,9 +180,11 @@ fn carry_out(dir: &StateDir, actions: Vec<Action>, metrics: &Metrics) -> Vec<Ser
                 metrics.event(&service, severity, reason, &message, cause);
                 Ok(())
             }
-            Action::WritePool { pool, status } => {
-                write_yaml(dir, &pool_status_path(&pool), &pool_object(&pool, &status))
-            }
+            Action::WritePool { pool, status } => write_yaml(
+                dir,
+                &pool_status_path(&pool),
+                &pool_object(&pool, &status, seen.get(&pool)),
+            ),
         };
         if let Err(err) = result {
             tracing::error!("cannot write the allocation: {err}");
@@ -153,12 +194,14 @@ fn carry_out(dir: &StateDir, actions: Vec<Action>, metrics: &Metrics) -> Vec<Ser
     failed
 }
 
-fn pool_object(pool: &str, status: &PoolStatus) -> Value {
+fn pool_object(pool: &str, status: &PoolStatus, first_seen: Option<&String>) -> Value {
     let counters = &status.counters;
     json!({
         "apiVersion": "metallb.io/v1beta1",
         "kind": "IPAddressPool",
-        "metadata": {"name": pool},
+        // Full precision (the API server's form has whole seconds): pools added within a
+        // second of each other still keep their order.
+        "metadata": {"name": pool, "creationTimestamp": first_seen},
         "spec": {"addresses": []},
         "status": {
             "assignedIPv4": counters.assigned_ipv4,
@@ -186,19 +229,32 @@ fn write_yaml(dir: &StateDir, path: &str, object: &Value) -> Result<(), StateDir
 }
 
 /// Removes status files of Services the controller no longer serves (deleted while it was
-/// down, or not LoadBalancers any more).
-fn remove_stale_status(dir: &StateDir, reconciler: &Reconciler) {
-    let Ok(files) = dir.files_under("status/services") else {
-        return;
-    };
-    let wanted: BTreeSet<String> = reconciler
+/// down, or not LoadBalancers any more), and of pools deleted, so a pool added again is a
+/// newcomer. Pool files stay while some manifest could not be read: it may hold the pool.
+fn remove_stale_status(
+    dir: &StateDir,
+    reconciler: &Reconciler,
+    pools: &BTreeMap<String, String>,
+    complete: bool,
+) {
+    let services = reconciler
         .allocator()
         .assignments()
-        .map(|(key, _)| service_status_path(key.namespace(), key.name()))
-        .collect();
-    for file in files.into_iter().filter(|f| !wanted.contains(f)) {
-        if let Err(err) = dir.remove(&file) {
-            tracing::warn!("cannot remove stale {file}: {err}");
+        .map(|(key, _)| service_status_path(key.namespace(), key.name()));
+    let mut wanted: BTreeSet<String> = services.collect();
+    let mut dirs = vec![SERVICES_STATUS_DIR];
+    if complete {
+        wanted.extend(pools.keys().map(|pool| pool_status_path(pool)));
+        dirs.push(POOLS_STATUS_DIR);
+    }
+    for stale_dir in dirs {
+        let Ok(files) = dir.files_under(stale_dir) else {
+            continue;
+        };
+        for file in files.into_iter().filter(|f| !wanted.contains(f)) {
+            if let Err(err) = dir.remove(&file) {
+                tracing::warn!("cannot remove stale {file}: {err}");
+            }
         }
     }
 }

@@ -132,3 +132,76 @@ async fn allocates_reacts_and_survives_restarts() {
     .await;
     drop(controller);
 }
+
+/// The `Valid` condition's status of pool `name` as the controller wrote it.
+fn pool_valid(dir: &Path, name: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(dir.join(format!("status/ipaddresspools/{name}.yaml"))).ok()?;
+    let value: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    value
+        .pointer("/status/conditions/0/status")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+}
+
+fn allocated_from(dir: &Path, name: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(dir.join(format!("status/services/demo/{name}.yaml"))).ok()?;
+    let value: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    value
+        .pointer("/metadata/annotations/metallb.io~1ip-allocated-from-pool")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+}
+
+/// Issue 19: standalone manifests carry no creation time, yet a pool added later that overlaps
+/// a serving one is the one refused (whatever the names), also after a restart; deleted and
+/// added again, a pool is a newcomer.
+#[tokio::test]
+async fn a_pool_added_later_never_wins_an_overlap_also_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let state = StateDir::open(dir).unwrap();
+    state.write_atomic("pool.yaml", POOL).unwrap();
+    state
+        .write_atomic("apps/web.yaml", &service("web"))
+        .unwrap();
+    let controller = Controller::start(dir);
+    wait_until(&state, "web's IP", || status_ip(dir, "web").is_some()).await;
+
+    let a10 = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: a10, namespace: metallb-system}\nspec:\n  addresses: [fd01::/64, 10.0.0.0/8]\n";
+    state.write_atomic("a10.yaml", a10).unwrap();
+    wait_until(&state, "a10 refused", || {
+        pool_valid(dir, "a10").as_deref() == Some("False")
+    })
+    .await;
+    assert_eq!(pool_valid(dir, "lan").as_deref(), Some("True"));
+    assert_eq!(allocated_from(dir, "web").as_deref(), Some("lan"));
+
+    drop(controller);
+    let controller = Controller::start(dir);
+    state
+        .write_atomic("apps/api.yaml", &service("api"))
+        .unwrap();
+    wait_until(&state, "api's IP after the restart", || {
+        status_ip(dir, "api").is_some()
+    })
+    .await;
+    assert_eq!(pool_valid(dir, "lan").as_deref(), Some("True"));
+    assert_eq!(pool_valid(dir, "a10").as_deref(), Some("False"));
+    assert_eq!(allocated_from(dir, "api").as_deref(), Some("lan"));
+
+    // lan deleted: a10 serves. lan back: now lan is the newcomer.
+    std::fs::remove_file(dir.join("pool.yaml")).unwrap();
+    wait_until(&state, "a10 valid without lan", || {
+        pool_valid(dir, "a10").as_deref() == Some("True")
+    })
+    .await;
+    state.write_atomic("pool.yaml", POOL).unwrap();
+    wait_until(&state, "lan refused as the newcomer", || {
+        pool_valid(dir, "lan").as_deref() == Some("False")
+    })
+    .await;
+    assert_eq!(pool_valid(dir, "a10").as_deref(), Some("True"));
+    drop(controller);
+}

@@ -5,7 +5,9 @@
 //! documents, any kinds [`super::manifest`] reads). The controller never edits them; it writes
 //! each Service's allocation to `status/services/<namespace>/<name>.yaml` (a Service object
 //! carrying only metadata, annotations and status) and pool counters to
-//! `status/ipaddresspools/<name>.yaml`. Reading overlays those on the user's objects, so user
+//! `status/ipaddresspools/<name>.yaml`, with the time it first saw the pool as the pool's
+//! `metadata.creationTimestamp` (its seniority where pools overlap, as a cluster's API server
+//! would have stamped it). Reading overlays those on the user's objects, so user
 //! files keep their comments and a half-written status file cannot corrupt them. Each speaker
 //! records what it announces as a ServiceL2Status in `status/l2/<node>/<namespace>/<name>.yaml`
 //! (one directory per node, so speakers never write the same file).
@@ -17,6 +19,8 @@ use std::collections::btree_map::Entry;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use super::annotations::IP_ALLOCATED_FROM_POOL;
@@ -29,14 +33,20 @@ pub const STATUS_DIR: &str = "status";
 /// The namespace of objects written without one, as `kubectl apply` would place them.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// The directory of the Services' allocations, relative to the state directory.
+pub const SERVICES_STATUS_DIR: &str = "status/services";
+
+/// The directory of the pools' counters and first-seen times, relative to the state directory.
+pub const POOLS_STATUS_DIR: &str = "status/ipaddresspools";
+
 /// Where the controller writes a Service's allocation, relative to the state directory.
 pub fn service_status_path(namespace: &str, name: &str) -> String {
-    format!("{STATUS_DIR}/services/{namespace}/{name}.yaml")
+    format!("{SERVICES_STATUS_DIR}/{namespace}/{name}.yaml")
 }
 
 /// Where the controller writes a pool's counters, relative to the state directory.
 pub fn pool_status_path(name: &str) -> String {
-    format!("{STATUS_DIR}/ipaddresspools/{name}.yaml")
+    format!("{POOLS_STATUS_DIR}/{name}.yaml")
 }
 
 /// Where a speaker records that it announces a Service, relative to the state directory.
@@ -137,6 +147,11 @@ impl Snapshot {
                             .get_mut(&(String::new(), overlay.name_any()))
                         {
                             pool.status = overlay.status;
+                            // When the controller first saw the pool: its seniority.
+                            if overlay.metadata.creation_timestamp.is_some() {
+                                pool.metadata.creation_timestamp =
+                                    overlay.metadata.creation_timestamp;
+                            }
                         }
                     }
                     Ok(Manifest::ServiceL2Status(status)) => l2_statuses.push(status),
@@ -157,6 +172,33 @@ impl Snapshot {
             problems,
         }
     }
+}
+
+/// Gives every pool without a creation time (one the controller sees for the first time) a
+/// first-seen time, as the API server stamps new objects: `now`, or just after the youngest
+/// pool's when the clock is behind it, so a pool seen later is always the younger
+/// ([`super::seniority`]). Pools first seen together get one time and so stay in name order.
+/// Returns the names of the pools stamped.
+pub fn stamp_new_pools(pools: &mut [IPAddressPool], now: Timestamp) -> Vec<String> {
+    let youngest = pools
+        .iter()
+        .filter_map(|p| p.metadata.creation_timestamp.as_ref())
+        .max()
+        .map(|t| t.0);
+    let at = match youngest {
+        Some(youngest) if youngest >= now => youngest
+            .checked_add(SignedDuration::from_nanos(1))
+            .unwrap_or(youngest),
+        _ => now,
+    };
+    pools
+        .iter_mut()
+        .filter(|p| p.metadata.creation_timestamp.is_none())
+        .map(|p| {
+            p.metadata.creation_timestamp = Some(Time(at));
+            p.name_any()
+        })
+        .collect()
 }
 
 fn key_of<K: ResourceExt>(object: &K) -> Key {
@@ -348,6 +390,44 @@ mod tests {
             problems[1],
             "b.yaml (IPAddressPool lan): metadata.name: defined twice; the first definition, in a.yaml, is used"
         );
+    }
+
+    #[test]
+    fn pools_seen_later_are_younger_and_the_first_seen_time_is_overlaid() {
+        let status = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lan, creationTimestamp: \"2030-01-01T00:00:00.5Z\"}\nspec: {addresses: []}\n";
+        let other = POOL.replace("name: lan", "name: a10");
+        let mut snapshot = Snapshot::from_files([
+            ("pools.yaml", POOL),
+            ("a10.yaml", &other),
+            ("status/ipaddresspools/lan.yaml", status),
+        ]);
+        let lan_seen: Timestamp = "2030-01-01T00:00:00.5Z".parse().unwrap();
+        let created = |s: &Snapshot, name: &str| {
+            s.pools
+                .iter()
+                .find(|p| p.name_any() == name)
+                .and_then(|p| p.metadata.creation_timestamp.clone())
+                .map(|t| t.0)
+        };
+        assert_eq!(created(&snapshot, "lan"), Some(lan_seen));
+        assert_eq!(created(&snapshot, "a10"), None);
+
+        // The clock is behind lan's stamp (set back): a10 is still the younger.
+        let earlier: Timestamp = "2029-06-01T00:00:00Z".parse().unwrap();
+        assert_eq!(stamp_new_pools(&mut snapshot.pools, earlier), ["a10"]);
+        let a10 = created(&snapshot, "a10").unwrap();
+        assert!(a10 > lan_seen, "{a10}");
+        assert_eq!(
+            stamp_new_pools(&mut snapshot.pools, earlier),
+            Vec::<String>::new()
+        );
+
+        // First seen together: one time, so name order decides between them.
+        let mut fresh = Snapshot::from_files([("pools.yaml", POOL), ("a10.yaml", &other)]);
+        let now = Timestamp::now();
+        assert_eq!(stamp_new_pools(&mut fresh.pools, now), ["a10", "lan"]);
+        assert_eq!(created(&fresh, "a10"), Some(now));
+        assert_eq!(created(&fresh, "lan"), Some(now));
     }
 
     #[test]
