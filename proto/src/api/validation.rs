@@ -388,9 +388,18 @@ mod tests {
         old.metadata.creation_timestamp = Some(Time("2024-01-01T00:00:00Z".parse().unwrap()));
         let mut new = pool("a-new", &["10.0.0.128/25"]);
         new.metadata.creation_timestamp = Some(Time("2025-01-01T00:00:00Z".parse().unwrap()));
-        let problems = check_pools(&[old, new]);
+        let problems = check_pools(&[old.clone(), new]);
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].pool, "metallb-system/a-new");
+
+        // Created in the same second (the API server's resolution): by name; a pool without a
+        // creation time (new to a standalone controller) is younger than any with one.
+        let mut twin = pool("zz-twin", &["10.0.0.0/25"]);
+        twin.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
+        let problems = check_pools(&[old.clone(), twin]);
+        assert_eq!(problems[0].pool, "metallb-system/zz-twin");
+        let problems = check_pools(&[old, pool("a-unseen", &["10.0.0.0/25"])]);
+        assert_eq!(problems[0].pool, "metallb-system/a-unseen");
     }
 
     #[test]
