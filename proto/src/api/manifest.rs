@@ -244,6 +244,38 @@ mod tests {
         );
     }
 
+    /// Issue 19: a typo is named beside the field it leaves missing.
+    #[test]
+    fn an_unknown_field_is_named_beside_the_missing_one() {
+        assert_eq!(
+            error(
+                "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: a}\nspec:\n  adresses: [10.0.0.0/24]\n  autoAssign: false\n"
+            ),
+            "pools.yaml document 1 (IPAddressPool a): spec: missing field `addresses`; unknown \
+             field `adresses` (did you mean `addresses`?)"
+        );
+        assert_eq!(
+            error(
+                "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: a}\nspec:\n  ranges: [10.0.0.0/24]\n  avoid: true\n"
+            ),
+            "pools.yaml document 1 (IPAddressPool a): spec: missing field `addresses`; unknown \
+             fields `avoid`, `ranges`"
+        );
+    }
+
+    /// Issue 19: MetalLB's pre-0.13 configuration points at its conversion tool.
+    #[test]
+    fn a_legacy_metallb_configmap_points_at_the_conversion_tool() {
+        let legacy = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config, namespace: metallb-system}\ndata:\n  config: |\n    address-pools:\n    - name: default\n      protocol: layer2\n      addresses: [192.168.1.240-192.168.1.250]\n";
+        let message = error(legacy);
+        assert!(
+            message.starts_with("pools.yaml document 1 (ConfigMap metallb-system/config): kind: ")
+                && message.contains("MetalLB's configuration before v0.13")
+                && message.contains("configmaptocrs"),
+            "{message}"
+        );
+    }
+
     #[test]
     fn bad_yaml_is_reported_and_earlier_documents_survive() {
         let all = parse_documents(
