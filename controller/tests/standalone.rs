@@ -205,3 +205,25 @@ async fn a_pool_added_later_never_wins_an_overlap_also_across_restarts() {
     assert_eq!(pool_valid(dir, "a10").as_deref(), Some("True"));
     drop(controller);
 }
+
+/// Issue 19: a hand edit of a pool's counters is reverted, as MetalLB does.
+#[tokio::test]
+async fn a_hand_edit_of_pool_status_is_reverted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let state = StateDir::open(dir).unwrap();
+    state.write_atomic("pool.yaml", POOL).unwrap();
+    let _controller = Controller::start(dir);
+    let status_file = dir.join("status/ipaddresspools/lan.yaml");
+    let available = || {
+        let text = std::fs::read_to_string(&status_file).ok()?;
+        let value: serde_json::Value = serde_yaml_ng::from_str(&text).ok()?;
+        value.pointer("/status/availableIPv4")?.as_i64()
+    };
+    wait_until(&state, "lan's counters", || available() == Some(3)).await;
+    let text = std::fs::read_to_string(&status_file).unwrap();
+    let edited = text.replace("availableIPv4: 3", "availableIPv4: 99");
+    assert_ne!(edited, text);
+    std::fs::write(&status_file, edited).unwrap();
+    wait_until(&state, "the edit reverted", || available() == Some(3)).await;
+}

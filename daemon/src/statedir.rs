@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use ferrolb_proto::api::manifest::{Manifest, ManifestError, parse_documents};
 use ferrolb_proto::api::state::{
-    CONTROLLER_RECORD_PATH, ParsedFile, Snapshot, is_manifest_path, is_status_path, last_good_path,
+    CONTROLLER_RECORD_PATH, POOLS_STATUS_DIR, ParsedFile, Snapshot, is_manifest_path,
+    is_status_path, last_good_path,
 };
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -175,7 +176,8 @@ fn file_problem(path: &str, message: String) -> ManifestError {
 pub enum Watch {
     /// Everything: user manifests and the controller's status files.
     All,
-    /// User manifests only (what the controller needs: it wrote the status itself).
+    /// User manifests, and the pools' status files: what the controller needs (it wrote the
+    /// status itself, but a hand edit of a pool's counters must be reverted, as MetalLB does).
     Manifests,
     /// Everything but the tree under this relative directory: the watcher's own writes (a
     /// speaker's `status/l2/<node>`), which it knows without re-reading the whole directory.
@@ -190,7 +192,10 @@ impl Watch {
             && relative != CONTROLLER_RECORD_PATH
             && match self {
                 Watch::All => true,
-                Watch::Manifests => !is_status_path(relative),
+                Watch::Manifests => {
+                    !is_status_path(relative)
+                        || relative.starts_with(&format!("{POOLS_STATUS_DIR}/"))
+                }
                 Watch::AllBut(own) => relative
                     .strip_prefix(own.as_str())
                     .is_none_or(|rest| !rest.is_empty() && !rest.starts_with('/')),
@@ -549,6 +554,7 @@ mod tests {
             ("pools.yaml", true, true, true),
             ("apps/.web.yaml.tmp", false, false, false),
             ("status/services/demo/web.yaml", true, false, true),
+            ("status/ipaddresspools/lan.yaml", true, true, true),
             ("status/l2/n1", true, false, false),
             ("status/l2/n1/demo/web.yaml", true, false, false),
             ("status/l2/n10/demo/web.yaml", true, false, true),
