@@ -295,7 +295,10 @@ fn require_dual_stack_takes_both_from_one_pool_primary_family_first() {
     assert_eq!(give(&mut a, &req), "b-dual: fd00::,10.0.2.0");
     let mut restarted = allocator(vec![pool("b-dual", &["fd00::/120", "10.0.2.0/24"])]);
     let rebuilt = restarted.rebuild(vec![(req.clone(), ips(&["fd00::", "10.0.2.0"]))]);
-    assert_eq!(rebuilt[0].result.as_ref().map(show), Ok("b-dual: fd00::,10.0.2.0".into()));
+    assert_eq!(
+        rebuilt[0].result.as_ref().map(show),
+        Ok("b-dual: fd00::,10.0.2.0".into())
+    );
     assert!(!rebuilt[0].changed());
 
     let mut b = allocator(vec![
@@ -395,7 +398,7 @@ fn dual_stack_becoming_single_stack_keeps_the_primary_address() {
         FamilyPolicy::RequireDualStack,
         &[IpFamily::V6, IpFamily::V4],
     );
-    assert_eq!(give(&mut a, &p), "lan: 10.0.0.0,fd00::");
+    assert_eq!(give(&mut a, &p), "lan: fd00::,10.0.0.0");
     let s = dual("p", FamilyPolicy::SingleStack, &[IpFamily::V6]);
     assert_eq!(give(&mut a, &s), "lan: fd00::");
     assert_eq!(a.pool_stats_for("lan").unwrap().ipv4.assigned, 0);

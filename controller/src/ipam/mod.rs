@@ -1006,7 +1006,7 @@ impl Allocator {
         let ips = match (intent.ips(), kept.as_slice()) {
             (Some(requested), _) => requested.ips,
             // Both kept: the same two addresses.
-            (None, [_, _]) => ips.v4_first(),
+            (None, [_, _]) => ips.in_family_order(intent.primary),
             (None, _) => Ips::one(kept.first().map_or(ips.first(), |(ip, _)| *ip)),
         };
         Ok(Held { pool: pool.id, ips })
@@ -1037,7 +1037,7 @@ impl Allocator {
         match extra {
             Some(ips) => Ok(Held {
                 pool: held.pool,
-                ips: ips.v4_first(),
+                ips: ips.in_family_order(intent.primary),
             }),
             None if intent.policy == FamilyPolicy::PreferDualStack => Ok(held),
             None => Err(AllocationError::NoAvailableIps {
@@ -1287,7 +1287,7 @@ impl Allocator {
             let v6 = self.pick(key, intent, pool, Some(IpFamily::V6))?;
             Some(Held {
                 pool: pool.id,
-                ips: Ips::two(v4, v6)?,
+                ips: Ips::two(v4, v6)?.in_family_order(intent.primary),
             })
         };
         let single = |pool: &Pool| {
