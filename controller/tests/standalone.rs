@@ -23,6 +23,10 @@ struct Controller(Child);
 
 impl Controller {
     fn start(dir: &Path) -> Self {
+        Controller::logging_to(dir, Stdio::null())
+    }
+
+    fn logging_to(dir: &Path, log: impl Into<Stdio>) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_ferrolb-controller"))
             .args([
                 "--state-dir",
@@ -31,7 +35,7 @@ impl Controller {
                 "127.0.0.1:0",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         Controller(child)
@@ -226,4 +230,64 @@ async fn a_hand_edit_of_pool_status_is_reverted() {
     assert_ne!(edited, text);
     std::fs::write(&status_file, edited).unwrap();
     wait_until(&state, "the edit reverted", || available() == Some(3)).await;
+}
+
+/// `GET /metrics` from the endpoint the controller logged it serves on.
+fn scrape(log: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = log
+        .split("bound=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Issue 19: allocation events are logged where they are decided (not under `::metrics`), the
+/// standalone controller says it leads, and a manifest that does not read is counted.
+#[tokio::test]
+async fn events_leadership_and_manifest_errors_are_reported_truthfully() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    std::fs::create_dir(&dir).unwrap();
+    let state = StateDir::open(&dir).unwrap();
+    state.write_atomic("pool.yaml", POOL).unwrap();
+    state
+        .write_atomic("apps/web.yaml", &service("web"))
+        .unwrap();
+    let log_path = tmp.path().join("controller.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let _controller = Controller::logging_to(&dir, log_file);
+    wait_until(&state, "web's IP", || status_ip(&dir, "web").is_some()).await;
+    let log = || std::fs::read_to_string(&log_path).unwrap();
+    let allocated = log()
+        .lines()
+        .find(|l| l.contains("IPAllocated"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        allocated.contains(" ferrolb_controller::reconcile: Assigned IP [\"10.250.0.100\"]"),
+        "{allocated}"
+    );
+    assert!(scrape(&log()).contains("\nferrolb_controller_leader 1\n"));
+
+    std::fs::write(dir.join("broken.yaml"), "kind: [\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !scrape(&log()).contains("ferrolb_manifest_errors{file=\"broken.yaml\"} 1") {
+        assert!(
+            Instant::now() < deadline,
+            "no manifest error counted:\n{}",
+            scrape(&log())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
