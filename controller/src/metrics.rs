@@ -8,8 +8,7 @@ use prometheus::{
     GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::ipam::{FamilyStats, PoolStats, ServiceKey};
-use crate::reconcile::Severity;
+use crate::ipam::{FamilyStats, PoolStats};
 
 /// Every metric the controller exports, registered in one registry.
 #[derive(Clone, Debug)]
@@ -82,22 +81,10 @@ impl Metrics {
         })
     }
 
-    /// Logs an event the reconciler asked for and counts it when it is a failure; both
-    /// backends do this before recording the event their own way.
-    pub fn event(
-        &self,
-        service: &ServiceKey,
-        severity: Severity,
-        reason: &str,
-        message: &str,
-        cause: Option<&str>,
-    ) {
+    /// Counts a failure the reconciler reported (an event with a cause).
+    pub fn count_failure(&self, cause: Option<&str>) {
         if let Some(cause) = cause {
             self.failures.with_label_values(&[cause]).inc();
-        }
-        match severity {
-            Severity::Normal => tracing::info!(service = %service, reason, "{message}"),
-            Severity::Warning => tracing::warn!(service = %service, reason, "{message}"),
         }
     }
 

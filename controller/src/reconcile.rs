@@ -107,6 +107,15 @@ impl PoolStatus {
     }
 }
 
+/// Logs an event the reconciler decided, under its target; both backends do, before recording
+/// it their own way.
+pub fn log_event(service: &ServiceKey, severity: Severity, reason: &str, message: &str) {
+    match severity {
+        Severity::Normal => tracing::info!(service = %service, reason, "{message}"),
+        Severity::Warning => tracing::warn!(service = %service, reason, "{message}"),
+    }
+}
+
 /// The condition type FerroLB keeps on every pool.
 pub const VALID_CONDITION: &str = "Valid";
 

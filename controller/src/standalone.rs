@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::ipam::ServiceKey;
 use crate::metrics::Metrics;
-use crate::reconcile::{Action, PoolStatus, Reconciler, VALID_CONDITION};
+use crate::reconcile::{Action, PoolStatus, Reconciler, VALID_CONDITION, log_event};
 
 /// Runs until shutdown. Fails only when the directory itself cannot be read or watched.
 pub async fn run(
@@ -273,7 +273,8 @@ fn carry_out(
                 message,
                 cause,
             } => {
-                metrics.event(&service, severity, reason, &message, cause);
+                log_event(&service, severity, reason, &message);
+                metrics.count_failure(cause);
                 Ok(())
             }
             Action::WritePool { pool, status } => write_yaml(
