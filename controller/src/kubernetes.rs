@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ipam::ServiceKey;
 use crate::metrics::Metrics;
-use crate::reconcile::{Action, PoolStatus, Reconciler, Severity, VALID_CONDITION};
+use crate::reconcile::{Action, PoolStatus, Reconciler, Severity, VALID_CONDITION, log_event};
 
 /// How the backend is set up.
 #[derive(Clone, Debug)]
@@ -269,7 +269,8 @@ impl Writer {
                 message,
                 cause,
             } => {
-                metrics.event(&service, severity, reason, &message, cause);
+                log_event(&service, severity, reason, &message);
+                metrics.count_failure(cause);
                 let reference = ObjectReference {
                     api_version: Some("v1".into()),
                     kind: Some("Service".into()),

@@ -13,6 +13,7 @@ use ferrolb_controller::{
 use ferrolb_daemon::endpoint::{self, Readiness};
 use ferrolb_daemon::statedir::StateDir;
 use ferrolb_daemon::{shutdown, telemetry};
+use ferrolb_proto::api::state::CONTROLLER_RECORD_PATH;
 
 /// FerroLB controller: assigns external IP addresses to LoadBalancer Services from
 /// IPAddressPools, MetalLB-compatible.
@@ -47,9 +48,13 @@ struct StatusFlags {
     #[arg(long, env = "FERROLB_LB_CLASS", value_name = "CLASS")]
     lb_class: Option<String>,
 
-    /// Namespace holding the IPAddressPools and ServiceL2Statuses (cluster only).
+    /// Namespace holding the IPAddressPools, ServiceL2Statuses and leader Lease (cluster only).
     #[arg(long, env = "FERROLB_NAMESPACE", default_value = "metallb-system")]
     namespace: String,
+
+    /// Name of the controller's leader-election Lease (cluster only).
+    #[arg(long, env = "FERROLB_LEASE_NAME", default_value = "ferrolb-controller")]
+    lease_name: String,
 }
 
 /// The controller's flags.
@@ -201,9 +206,11 @@ async fn run_kubernetes(
 fn status(flags: StatusFlags) -> ExitCode {
     let inputs = match flags.state_dir {
         Some(dir) => StateDir::open(&dir)
-            .and_then(|dir| dir.read())
-            .map(|snapshot| status::from_state_dir(snapshot, flags.lb_class))
-            .map_err(|err| format!("cannot read the state directory {}: {err}", dir.display())),
+            .and_then(|dir| Ok((dir.read()?, dir.read_file(CONTROLLER_RECORD_PATH)?)))
+            .map_err(|err| format!("cannot read the state directory {}: {err}", dir.display()))
+            .map(|(snapshot, record)| {
+                status::from_state_dir(snapshot, record.as_deref(), flags.lb_class)
+            }),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -216,9 +223,14 @@ fn status(flags: StatusFlags) -> ExitCode {
                              install, use --state-dir DIR"
                         )
                     })?;
-                    status::from_cluster(client, &flags.namespace, flags.lb_class)
-                        .await
-                        .map_err(|err| format!("cannot list from the cluster: {err}"))
+                    status::from_cluster(
+                        client,
+                        &flags.namespace,
+                        &flags.lease_name,
+                        flags.lb_class,
+                    )
+                    .await
+                    .map_err(|err| format!("cannot list from the cluster: {err}"))
                 })
             }),
     };

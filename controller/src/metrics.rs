@@ -1,10 +1,14 @@
 //! The controller's Prometheus metrics: MetalLB's allocator figures under the `ferrolb_` prefix,
 //! plus failures by cause and how long each reconcile takes.
 
-use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use std::collections::BTreeMap;
 
-use crate::ipam::{FamilyStats, PoolStats, ServiceKey};
-use crate::reconcile::Severity;
+use ferrolb_proto::api::ManifestError;
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::ipam::{FamilyStats, PoolStats};
 
 /// Every metric the controller exports, registered in one registry.
 #[derive(Clone, Debug)]
@@ -15,6 +19,7 @@ pub struct Metrics {
     failures: IntCounterVec,
     pub reconcile_seconds: Histogram,
     pub leader: IntGauge,
+    manifest_errors: IntGaugeVec,
 }
 
 impl Metrics {
@@ -52,7 +57,15 @@ impl Metrics {
             "ferrolb_controller_leader",
             "1 while this replica is the leader and writes",
         )?;
+        let manifest_errors = IntGaugeVec::new(
+            Opts::new(
+                "ferrolb_manifest_errors",
+                "Problems in each file of the state directory as last read (standalone)",
+            ),
+            &["file"],
+        )?;
         registry.register(Box::new(addresses_total.clone()))?;
+        registry.register(Box::new(manifest_errors.clone()))?;
         registry.register(Box::new(addresses_in_use.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(reconcile_seconds.clone()))?;
@@ -64,25 +77,26 @@ impl Metrics {
             failures,
             reconcile_seconds,
             leader,
+            manifest_errors,
         })
     }
 
-    /// Logs an event the reconciler asked for and counts it when it is a failure; both
-    /// backends do this before recording the event their own way.
-    pub fn event(
-        &self,
-        service: &ServiceKey,
-        severity: Severity,
-        reason: &str,
-        message: &str,
-        cause: Option<&str>,
-    ) {
+    /// Counts a failure the reconciler reported (an event with a cause).
+    pub fn count_failure(&self, cause: Option<&str>) {
         if let Some(cause) = cause {
             self.failures.with_label_values(&[cause]).inc();
         }
-        match severity {
-            Severity::Normal => tracing::info!(service = %service, reason, "{message}"),
-            Severity::Warning => tracing::warn!(service = %service, reason, "{message}"),
+    }
+
+    /// Replaces the per-file problem counts (files without problems disappear).
+    pub fn set_manifest_errors(&self, problems: &[ManifestError]) {
+        let mut by_file: BTreeMap<&str, i64> = BTreeMap::new();
+        for problem in problems {
+            *by_file.entry(problem.source.as_str()).or_default() += 1;
+        }
+        self.manifest_errors.reset();
+        for (file, count) in by_file {
+            self.manifest_errors.with_label_values(&[file]).set(count);
         }
     }
 

@@ -107,6 +107,15 @@ impl PoolStatus {
     }
 }
 
+/// Logs an event the reconciler decided, under its target; both backends do, before recording
+/// it their own way.
+pub fn log_event(service: &ServiceKey, severity: Severity, reason: &str, message: &str) {
+    match severity {
+        Severity::Normal => tracing::info!(service = %service, reason, "{message}"),
+        Severity::Warning => tracing::warn!(service = %service, reason, "{message}"),
+    }
+}
+
 /// The condition type FerroLB keeps on every pool.
 pub const VALID_CONDITION: &str = "Valid";
 
@@ -316,13 +325,15 @@ impl Reconciler {
         actions
     }
 
-    /// The set of pools changed (any create, edit or delete), or their status did.
+    /// The set of pools changed (any create, edit or delete, or their seniority), or their
+    /// status did.
     pub fn pools_changed(&mut self, pools: Vec<IPAddressPool>) -> Vec<Action> {
         let specs_changed = pools.len() != self.pools.len()
-            || pools
-                .iter()
-                .zip(&self.pools)
-                .any(|(a, b)| a.spec != b.spec || a.metadata.name != b.metadata.name);
+            || pools.iter().zip(&self.pools).any(|(a, b)| {
+                a.spec != b.spec
+                    || a.metadata.name != b.metadata.name
+                    || a.metadata.creation_timestamp != b.metadata.creation_timestamp
+            });
         self.pools = pools.clone();
         let mut actions = Vec::new();
         if specs_changed {

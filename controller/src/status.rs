@@ -1,6 +1,7 @@
-//! `ferrolb-controller status`: what FerroLB is doing, at a glance. Each LoadBalancer Service
-//! with its IPs, pool, the node that answers for it and since when, and why not when something is
-//! wrong; then each pool's usage.
+//! `ferrolb-controller status`: what FerroLB is doing, at a glance. Whether a controller runs
+//! (and, standalone, which manifests it cannot read); each LoadBalancer Service with its IPs,
+//! pool, the node that answers for it and since when, and why not when something is wrong; then
+//! each pool's usage.
 //!
 //! [`View::build`] and [`View::render`] are pure: objects in, text out. The shells read them from
 //! a standalone state directory ([`from_state_dir`]) or a cluster ([`from_cluster`]).
@@ -10,17 +11,43 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use ferrolb_proto::api::annotations::IP_ALLOCATED_FROM_POOL;
-use ferrolb_proto::api::state::Snapshot;
+use ferrolb_proto::api::state::{
+    CONTROLLER_HEARTBEAT, CONTROLLER_HEARTBEAT_MISSES, CONTROLLER_RECORD_PATH, ControllerRecord,
+    Snapshot,
+};
 use ferrolb_proto::api::{IPAddressPool, ServiceL2Status};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Service};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use crate::ipam::{ServiceKey, handled_by, status_ips};
 use crate::reconcile::{Action, Reconciler, Severity};
 
+/// A controller's sign of life: in standalone mode its record (`status/controller.yaml`), in a
+/// cluster the leader Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Who: `pid 4242`, or the Lease holder.
+    pub who: String,
+    pub renewed: Timestamp,
+    /// How long after `renewed` it still counts.
+    pub lasts: std::time::Duration,
+    /// When it stopped cleanly.
+    pub stopped: Option<Timestamp>,
+    /// The manifest problems it reported (standalone).
+    pub manifest_problems: Vec<String>,
+}
+
+impl Heartbeat {
+    fn alive(&self, now: Timestamp) -> bool {
+        let lasts = SignedDuration::try_from(self.lasts).unwrap_or(SignedDuration::MAX);
+        self.stopped.is_none() && self.renewed.checked_add(lasts).is_ok_and(|end| end >= now)
+    }
+}
+
 /// What the view is made from.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Inputs {
     pub pools: Vec<IPAddressPool>,
     pub namespaces: Vec<Namespace>,
@@ -30,6 +57,10 @@ pub struct Inputs {
     pub warnings: BTreeMap<String, String>,
     /// Only Services of this loadBalancerClass (default: those without one).
     pub lb_class: Option<String>,
+    /// The controller's heartbeat, or what its absence means.
+    pub controller: Result<Heartbeat, String>,
+    /// Manifests that could not be read (standalone), as this command read them.
+    pub manifest_problems: Vec<String>,
 }
 
 /// One Service's line.
@@ -59,8 +90,10 @@ pub struct PoolRow {
 }
 
 /// The whole view.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
+    pub controller: Result<Heartbeat, String>,
+    pub manifest_problems: Vec<String>,
     pub services: Vec<ServiceRow>,
     pub pools: Vec<PoolRow>,
 }
@@ -76,6 +109,8 @@ impl View {
             l2_statuses,
             warnings,
             lb_class,
+            controller,
+            manifest_problems,
         } = inputs;
         let mut reasons: BTreeMap<String, String> = BTreeMap::new();
         let mut reconciler = Reconciler::new(lb_class.clone());
@@ -171,6 +206,8 @@ impl View {
             })
             .collect();
         View {
+            controller,
+            manifest_problems,
             services: rows,
             pools,
         }
@@ -179,7 +216,43 @@ impl View {
     /// The text shown to the user; `now` makes "since" relative.
     pub fn render(&self, now: Timestamp) -> String {
         let mut out = String::new();
-        out.push_str("SERVICES (type LoadBalancer)\n");
+        let running = self.controller.as_ref().is_ok_and(|c| c.alive(now));
+        let _ = match &self.controller {
+            Ok(c) if running => writeln!(
+                out,
+                "CONTROLLER running: {}, heartbeat {}",
+                c.who,
+                since(c.renewed, now)
+            ),
+            Ok(c) => {
+                let last = match c.stopped {
+                    Some(at) => format!("{} stopped at {}", c.who, since(at, now)),
+                    None => format!(
+                        "no heartbeat from {} since {}",
+                        c.who,
+                        since(c.renewed, now)
+                    ),
+                };
+                writeln!(
+                    out,
+                    "CONTROLLER NOT RUNNING: {last}; below is what it last wrote, and nothing \
+                     changes until a controller runs"
+                )
+            }
+            Err(why) => writeln!(out, "CONTROLLER {why}"),
+        };
+        // A running controller knows which files it keeps at their last good version.
+        let problems = match &self.controller {
+            Ok(c) if running => &c.manifest_problems,
+            _ => &self.manifest_problems,
+        };
+        if !problems.is_empty() {
+            out.push_str("\nMANIFEST PROBLEMS\n");
+            for problem in problems {
+                let _ = writeln!(out, "  ! {problem}");
+            }
+        }
+        out.push_str("\nSERVICES (type LoadBalancer)\n");
         if self.services.is_empty() {
             out.push_str("  none\n");
         }
@@ -308,8 +381,29 @@ fn since(at: Timestamp, now: Timestamp) -> String {
     format!("{clock}Z ({ago} ago)")
 }
 
-/// The inputs a standalone state directory holds.
-pub fn from_state_dir(snapshot: Snapshot, lb_class: Option<String>) -> Inputs {
+/// The inputs a standalone state directory holds, with the text of the controller's record
+/// (`status/controller.yaml`) if there is one.
+pub fn from_state_dir(
+    snapshot: Snapshot,
+    record: Option<&str>,
+    lb_class: Option<String>,
+) -> Inputs {
+    let lasts = CONTROLLER_HEARTBEAT * CONTROLLER_HEARTBEAT_MISSES;
+    let controller = match record.map(serde_yaml_ng::from_str::<ControllerRecord>) {
+        Some(Ok(r)) => Ok(Heartbeat {
+            who: format!("pid {} (started {})", r.pid, r.started_at.0),
+            renewed: r.heartbeat.0,
+            lasts,
+            stopped: r.stopped_at.map(|t| t.0),
+            manifest_problems: r.manifest_problems,
+        }),
+        Some(Err(err)) => Err(format!(
+            "unknown: {CONTROLLER_RECORD_PATH} does not read: {err}"
+        )),
+        None => Err(format!(
+            "NOT RUNNING: no controller has run on this directory (no {CONTROLLER_RECORD_PATH})"
+        )),
+    };
     Inputs {
         pools: snapshot.pools,
         namespaces: snapshot.namespaces,
@@ -317,6 +411,8 @@ pub fn from_state_dir(snapshot: Snapshot, lb_class: Option<String>) -> Inputs {
         l2_statuses: snapshot.l2_statuses,
         warnings: BTreeMap::new(),
         lb_class,
+        controller,
+        manifest_problems: snapshot.problems.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -325,10 +421,15 @@ pub fn from_state_dir(snapshot: Snapshot, lb_class: Option<String>) -> Inputs {
 pub async fn from_cluster(
     client: kube::Client,
     namespace: &str,
+    lease_name: &str,
     lb_class: Option<String>,
 ) -> Result<Inputs, kube::Error> {
     use kube::api::{Api, ListParams};
     let lp = ListParams::default();
+    let lease = Api::<Lease>::namespaced(client.clone(), namespace)
+        .get_opt(lease_name)
+        .await;
+    let controller = leader(lease, &format!("{namespace}/{lease_name}"));
     let services = Api::<Service>::all(client.clone()).list(&lp).await?.items;
     let pools = Api::<IPAddressPool>::namespaced(client.clone(), namespace)
         .list(&lp)
@@ -364,7 +465,36 @@ pub async fn from_cluster(
         l2_statuses,
         warnings: latest_warnings(&events),
         lb_class,
+        controller,
+        manifest_problems: Vec::new(),
     })
+}
+
+/// The leading replica from the leader Lease: its holder and last renewal.
+fn leader(lease: Result<Option<Lease>, kube::Error>, name: &str) -> Result<Heartbeat, String> {
+    let spec = match lease {
+        Ok(Some(lease)) => lease.spec.unwrap_or_default(),
+        Ok(None) => {
+            return Err(format!(
+                "NOT RUNNING: no Lease {name}, so no replica has led (unless leader election \
+                 is off: then look at the controller pod)"
+            ));
+        }
+        Err(err) => return Err(format!("unknown: cannot read Lease {name}: {err}")),
+    };
+    let renewed = spec.renew_time.or(spec.acquire_time).map(|t| t.0);
+    match (spec.holder_identity.filter(|h| !h.is_empty()), renewed) {
+        (Some(holder), Some(renewed)) => Ok(Heartbeat {
+            who: format!("{holder} (Lease {name})"),
+            renewed,
+            lasts: std::time::Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+            ),
+            stopped: None,
+            manifest_problems: Vec::new(),
+        }),
+        _ => Err(format!("NOT RUNNING: no replica holds Lease {name}")),
+    }
 }
 
 /// The latest Warning per Service: `reason: message`.
@@ -433,7 +563,7 @@ mod tests {
             ("status/l2/n1/demo/web.yaml", &old),
             ("status/l2/n2/demo/web.yaml", &new),
         ]);
-        let view = View::build(from_state_dir(snap, None));
+        let view = View::build(from_state_dir(snap, None, None));
         let [api_row, web_row] = &view.services[..] else {
             panic!("{view:?}");
         };
@@ -469,9 +599,68 @@ mod tests {
             ("web.yaml", &web),
             ("status/services/demo/web.yaml", status),
         ]);
-        let view = View::build(from_state_dir(snap, None));
+        let view = View::build(from_state_dir(snap, None, None));
         let text = view.render(Timestamp::now());
         assert!(text.contains("! demo/web: not announced"), "{text}");
         assert!(text.contains("no counters yet"), "{text}");
+    }
+
+    /// Issue 19: the view says plainly whether a controller runs, and shows the manifests that
+    /// do not read (a new file's YAML error too).
+    #[test]
+    fn the_controller_and_the_manifest_problems() {
+        let snap = || snapshot(&[("pool.yaml", POOL), ("new.yaml", "kind: [unclosed\n")]);
+        let record = |extra: &str| {
+            format!(
+                "pid: 42\nstartedAt: \"2025-01-01T09:00:00Z\"\nheartbeat: \"2025-01-01T10:00:00Z\"\n\
+                 manifestProblems: [\"pool.yaml: kept\"]\n{extra}"
+            )
+        };
+        let text = |record: Option<&str>, now: &str| {
+            View::build(from_state_dir(snap(), record, None)).render(now.parse().unwrap())
+        };
+
+        let never = text(None, "2025-01-01T10:00:05Z");
+        assert!(
+            never.starts_with(
+                "CONTROLLER NOT RUNNING: no controller has run on this directory (no status/controller.yaml)\n"
+            ),
+            "{never}"
+        );
+        assert!(
+            never.contains("MANIFEST PROBLEMS\n  ! new.yaml document 1: not valid YAML"),
+            "{never}"
+        );
+
+        let live = text(Some(&record("")), "2025-01-01T10:00:05Z");
+        assert!(
+            live.starts_with(
+                "CONTROLLER running: pid 42 (started 2025-01-01T09:00:00Z), heartbeat 10:00:00Z (5s ago)\n"
+            ),
+            "{live}"
+        );
+        assert!(
+            live.contains("  ! pool.yaml: kept\n"),
+            "the controller's own list: {live}"
+        );
+
+        let silent = text(Some(&record("")), "2025-01-01T10:01:00Z");
+        assert!(
+            silent.starts_with("CONTROLLER NOT RUNNING: no heartbeat from pid 42 (started 2025-01-01T09:00:00Z) since 10:00:00Z (60s ago)"),
+            "{silent}"
+        );
+        assert!(
+            silent.contains("! new.yaml"),
+            "this command's reading: {silent}"
+        );
+
+        let stopped = text(
+            Some(&record("stoppedAt: \"2025-01-01T10:00:02Z\"\n")),
+            "2025-01-01T10:00:05Z",
+        );
+        assert!(
+            stopped.starts_with("CONTROLLER NOT RUNNING: pid 42 (started 2025-01-01T09:00:00Z) stopped at 10:00:02Z (3s ago)"),
+            "{stopped}"
+        );
     }
 }

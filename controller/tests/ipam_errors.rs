@@ -244,12 +244,37 @@ fn cases() -> Vec<(&'static str, AllocationError)> {
             give(&mut a, &svc("ns", "second"));
             return_err(&mut a, v4(svc("ns", "third")))
         }),
+        // Issue 19: a full pool whose address the Service means to share names the rule that
+        // refused it, not just that nothing is free.
+        ("shared address refused: same port", {
+            let mut a = allocator(vec![pool("one", &["10.9.0.0/32"])]);
+            give(&mut a, &sharing("first", "k", 80));
+            return_err(&mut a, sharing("second", "k", 80))
+        }),
+        ("shared address refused: other key", {
+            let mut a = allocator(vec![pool("one", &["10.9.0.0/32"])]);
+            give(&mut a, &sharing("first", "k", 80));
+            return_err(&mut a, sharing("second", "j", 81))
+        }),
+        ("shared address refused: other backend", {
+            let mut a = allocator(vec![pool("one", &["10.9.0.0/32"])]);
+            give(&mut a, &sharing("first", "k", 80));
+            let local = BackendKey::Local([("app".into(), "x".into())].into());
+            return_err(&mut a, sharing("second", "k", 81).with_backend(local))
+        }),
         ("invalid pool named", {
             let mut a = Allocator::new();
             a.set_pools(vec![pool("bad", &["10.9.0.0/24", "10.9.0.9-10.9.0.1"])]);
             return_err(&mut a, svc("ns", "s").with_annotation(POOL, "bad"))
         }),
     ]
+}
+
+/// A Service in `ns` with sharing key `key` on TCP `port`.
+fn sharing(name: &str, key: &str, port: u16) -> ServiceRequest {
+    svc("ns", name)
+        .with_annotation(SHARE, key)
+        .with_ports(&[Port::tcp(port)])
 }
 
 /// Runs a case on its own allocator (the `err` helper's world does not fit it).
@@ -423,6 +448,21 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "every pool exhausted",
         "NoAvailableIPs",
         "service ns/third: no free IPv4 address in IPAddressPool(s) \"a\", \"b\"; free some, or add addresses to a pool",
+    ),
+    (
+        "shared address refused: same port",
+        "SharingConflict",
+        "service ns/second: no free IPv4 or IPv6 address in IPAddressPool(s) \"one\", and it cannot share 10.9.0.0 with service ns/first: both use port TCP/80; sharing needs the same metallb.io/allow-shared-ip key, the same externalTrafficPolicy (and selector if Local) and no common port",
+    ),
+    (
+        "shared address refused: other key",
+        "SharingConflict",
+        "service ns/second: no free IPv4 or IPv6 address in IPAddressPool(s) \"one\", and it cannot share 10.9.0.0 with service ns/first: their metallb.io/allow-shared-ip keys differ (\"j\" here, \"k\" there); sharing needs the same metallb.io/allow-shared-ip key, the same externalTrafficPolicy (and selector if Local) and no common port",
+    ),
+    (
+        "shared address refused: other backend",
+        "SharingConflict",
+        "service ns/second: no free IPv4 or IPv6 address in IPAddressPool(s) \"one\", and it cannot share 10.9.0.0 with service ns/first: their backends differ (externalTrafficPolicy Local with selector {app=x} here, externalTrafficPolicy Cluster there); sharing needs the same metallb.io/allow-shared-ip key, the same externalTrafficPolicy (and selector if Local) and no common port",
     ),
     (
         "invalid pool named",

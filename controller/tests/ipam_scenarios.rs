@@ -269,8 +269,10 @@ fn single_stack_takes_the_primary_family() {
     assert_eq!(give(&mut a, &svc("ns", "any")), "dual: fd00::1");
 }
 
+/// Issue 19: ingress lists the primary family (`spec.ipFamilies[0]`) first, as MetalLB does;
+/// IPv4 first only when the families are not known (automatic dual-stack).
 #[test]
-fn require_dual_stack_takes_both_from_one_pool_v4_first() {
+fn require_dual_stack_takes_both_from_one_pool_primary_family_first() {
     let mut a = allocator(vec![
         allocation(pool("a-v4", &["10.0.1.0/24"]), prio(1, &[])),
         pool("b-dual", &["fd00::/120", "10.0.2.0/24"]),
@@ -280,7 +282,24 @@ fn require_dual_stack_takes_both_from_one_pool_v4_first() {
         FamilyPolicy::RequireDualStack,
         &[IpFamily::V6, IpFamily::V4],
     );
-    assert_eq!(give(&mut a, &req), "b-dual: 10.0.2.0,fd00::");
+    assert_eq!(give(&mut a, &req), "b-dual: fd00::,10.0.2.0");
+    let v4_first = dual(
+        "s",
+        FamilyPolicy::RequireDualStack,
+        &[IpFamily::V4, IpFamily::V6],
+    );
+    assert_eq!(give(&mut a, &v4_first), "b-dual: 10.0.2.1,fd00::1");
+    let unknown = dual("t", FamilyPolicy::RequireDualStack, &[]);
+    assert_eq!(give(&mut a, &unknown), "b-dual: 10.0.2.2,fd00::2");
+    // Kept as they are, also after a restart.
+    assert_eq!(give(&mut a, &req), "b-dual: fd00::,10.0.2.0");
+    let mut restarted = allocator(vec![pool("b-dual", &["fd00::/120", "10.0.2.0/24"])]);
+    let rebuilt = restarted.rebuild(vec![(req.clone(), ips(&["fd00::", "10.0.2.0"]))]);
+    assert_eq!(
+        rebuilt[0].result.as_ref().map(show),
+        Ok("b-dual: fd00::,10.0.2.0".into())
+    );
+    assert!(!rebuilt[0].changed());
 
     let mut b = allocator(vec![
         pool("v4", &["10.0.1.0/24"]),
@@ -306,6 +325,12 @@ fn prefer_dual_stack_takes_a_dual_pool_if_any() {
         &[IpFamily::V4, IpFamily::V6],
     );
     assert_eq!(give(&mut a, &p), "b-dual: 10.0.2.0,fd00::");
+    let q = dual(
+        "q",
+        FamilyPolicy::PreferDualStack,
+        &[IpFamily::V6, IpFamily::V4],
+    );
+    assert_eq!(give(&mut a, &q), "b-dual: fd00::1,10.0.2.1");
 }
 
 #[test]
@@ -373,7 +398,7 @@ fn dual_stack_becoming_single_stack_keeps_the_primary_address() {
         FamilyPolicy::RequireDualStack,
         &[IpFamily::V6, IpFamily::V4],
     );
-    assert_eq!(give(&mut a, &p), "lan: 10.0.0.0,fd00::");
+    assert_eq!(give(&mut a, &p), "lan: fd00::,10.0.0.0");
     let s = dual("p", FamilyPolicy::SingleStack, &[IpFamily::V6]);
     assert_eq!(give(&mut a, &s), "lan: fd00::");
     assert_eq!(a.pool_stats_for("lan").unwrap().ipv4.assigned, 0);

@@ -254,3 +254,44 @@ async fn a_standby_replica_writes_nothing_until_it_leads() {
     );
     standby.stop().await;
 }
+
+/// Issue 19: a hand edit of a pool's status (the subresource) is reverted, as MetalLB does.
+#[tokio::test]
+async fn a_hand_edit_of_pool_status_is_reverted() {
+    let server = ApiServer::start().await.unwrap();
+    seed(&server);
+    let controller = start(&server, true);
+    let available = || {
+        server
+            .get(
+                "metallb.io/v1beta1",
+                "IPAddressPool",
+                Some("metallb-system"),
+                "lan",
+            )
+            .and_then(|p| p.pointer("/status/availableIPv4").and_then(Value::as_i64))
+    };
+    assert!(
+        server
+            .wait_for_requests(WAIT, |_| available() == Some(1))
+            .await
+    );
+    let mut edited = server
+        .get(
+            "metallb.io/v1beta1",
+            "IPAddressPool",
+            Some("metallb-system"),
+            "lan",
+        )
+        .unwrap();
+    edited["status"]["availableIPv4"] = json!(99);
+    server.apply(edited).unwrap();
+    assert_eq!(available(), Some(99));
+    assert!(
+        server
+            .wait_for_requests(WAIT, |_| available() == Some(1))
+            .await,
+        "the edit is reverted"
+    );
+    controller.stop().await;
+}

@@ -50,9 +50,14 @@ async fn the_view_of_a_cluster() {
         "lastTimestamp": "2025-01-01T10:00:05Z",
     }));
 
-    let inputs = from_cluster(server.client().unwrap(), "metallb-system", None)
-        .await
-        .unwrap();
+    let inputs = from_cluster(
+        server.client().unwrap(),
+        "metallb-system",
+        "ferrolb-controller",
+        None,
+    )
+    .await
+    .unwrap();
     let text = View::build(inputs).render("2025-01-01T10:01:00Z".parse::<Timestamp>().unwrap());
     assert!(
         text.contains("demo/web   10.250.0.100  lan   n2"),
@@ -65,4 +70,38 @@ async fn the_view_of_a_cluster() {
     assert!(text.contains("demo/late  <pending>"), "{text}");
     assert!(text.contains("! demo/late: AllocationFailed"), "{text}");
     assert!(text.contains("IPv4 1 used, 0 free"), "{text}");
+    assert!(
+        text.starts_with("CONTROLLER NOT RUNNING: no Lease metallb-system/ferrolb-controller"),
+        "{text}"
+    );
+
+    // The leader Lease says who leads, and whether its term still runs.
+    apply(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "ferrolb-controller", "namespace": "metallb-system"},
+        "spec": {"holderIdentity": "ferrolb-controller-abc", "leaseDurationSeconds": 15,
+                 "renewTime": "2025-01-01T10:00:50.000000Z"},
+    }));
+    let inputs = from_cluster(
+        server.client().unwrap(),
+        "metallb-system",
+        "ferrolb-controller",
+        None,
+    )
+    .await
+    .unwrap();
+    let view = View::build(inputs);
+    let at = |now: &str| view.render(now.parse::<Timestamp>().unwrap());
+    let leading = at("2025-01-01T10:01:00Z");
+    assert!(
+        leading.starts_with(
+            "CONTROLLER running: ferrolb-controller-abc (Lease metallb-system/ferrolb-controller), heartbeat 10:00:50Z (10s ago)"
+        ),
+        "{leading}"
+    );
+    let expired = at("2025-01-01T10:02:00Z");
+    assert!(
+        expired.starts_with("CONTROLLER NOT RUNNING: no heartbeat from ferrolb-controller-abc"),
+        "{expired}"
+    );
 }

@@ -3,12 +3,16 @@
 //!
 //! The layout and how files combine are `ferrolb_proto::api::state`'s; this is the I/O around it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferrolb_proto::api::manifest::ManifestError;
-use ferrolb_proto::api::state::{Snapshot, is_manifest_path, is_status_path};
+use ferrolb_proto::api::manifest::{Manifest, ManifestError, parse_documents};
+use ferrolb_proto::api::state::{
+    CONTROLLER_RECORD_PATH, POOLS_STATUS_DIR, ParsedFile, Snapshot, is_manifest_path,
+    is_status_path, last_good_path,
+};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -40,12 +44,140 @@ pub struct StateDir {
     root: PathBuf,
 }
 
+/// Reads a state directory again and again, keeping each user manifest file's last good
+/// version: a file that stops reading in full (a YAML error, a document FerroLB cannot read, an
+/// I/O error) or is emptied while it held objects (an editor's save, a `>` redirect) keeps the
+/// objects of its last good version, with a problem saying so, until it is fixed or deleted.
+/// Removing objects takes deleting the file, or deleting them from a file that still reads.
+#[derive(Debug)]
+pub struct Reader {
+    dir: StateDir,
+    /// The text and object count of every manifest file as it last read in full.
+    last_good: BTreeMap<String, (String, usize)>,
+}
+
+impl Reader {
+    /// Reads every manifest and status file, each manifest file in its current version or,
+    /// when that does not read, its last good one.
+    pub fn read(&mut self) -> Result<Snapshot, StateDirError> {
+        let mut files = Vec::new();
+        self.dir.walk(&self.dir.root, &mut |relative, path| {
+            if is_manifest_path(&relative) {
+                files.push((relative, std::fs::read_to_string(path)));
+            }
+        })?;
+        let present: BTreeSet<String> = files.iter().map(|(path, _)| path.clone()).collect();
+        self.last_good.retain(|path, _| present.contains(path));
+        let (mut problems, mut held) = (Vec::new(), Vec::new());
+        let mut parsed: Vec<ParsedFile> = Vec::with_capacity(files.len());
+        for (path, text) in files {
+            let documents = match text {
+                Ok(text) if is_status_path(&path) => parse_documents(&path, &text),
+                Ok(text) => match self.judge(&path, text) {
+                    Ok(documents) => documents,
+                    Err(why) => self.hold(&path, why, &mut problems, &mut held),
+                },
+                Err(err) => {
+                    let why = vec![file_problem(&path, format!("cannot read: {err}"))];
+                    self.hold(&path, why, &mut problems, &mut held)
+                }
+            };
+            parsed.push((path, documents));
+        }
+        let mut snapshot = Snapshot::from_parsed(parsed);
+        snapshot.problems.extend(problems);
+        snapshot.held = held;
+        Ok(snapshot)
+    }
+
+    /// A manifest file's documents when its text reads in full (it becomes the last good
+    /// version), or why not: its errors, or that it was emptied while it held objects.
+    fn judge(
+        &mut self,
+        path: &str,
+        text: String,
+    ) -> Result<Vec<Result<Manifest, ManifestError>>, Vec<ManifestError>> {
+        let documents = parse_documents(path, &text);
+        let errors: Vec<ManifestError> = documents.iter().filter_map(|d| d.clone().err()).collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if documents.is_empty() && self.last_good(path).is_some() {
+            return Err(vec![file_problem(path, "the file is empty".to_owned())]);
+        }
+        self.last_good
+            .insert(path.to_owned(), (text, documents.len()));
+        Ok(documents)
+    }
+
+    /// The last good version of a manifest file that held objects, with their number: as this
+    /// reader saw it, or as the controller kept it (`status/last-good/`, so a restart, another
+    /// daemon, and `ferrolb-controller status` use the same version).
+    fn last_good(&self, path: &str) -> Option<(String, usize)> {
+        let known = self.last_good.get(path).cloned().or_else(|| {
+            let text = self.dir.read_file(&last_good_path(path)).ok()??;
+            let documents = parse_documents(path, &text);
+            documents
+                .iter()
+                .all(Result::is_ok)
+                .then_some((text, documents.len()))
+        });
+        known.filter(|(_, objects)| *objects > 0)
+    }
+
+    /// The text of the last good version this reader saw of a manifest file that it now keeps
+    /// using, for the controller to keep in `status/last-good/`.
+    pub fn last_good_text(&self, path: &str) -> Option<&str> {
+        self.last_good.get(path).map(|(text, _)| text.as_str())
+    }
+
+    /// The last good version's documents, with `why` reported as the reason it is used;
+    /// without one, the errors are all there is.
+    fn hold(
+        &self,
+        path: &str,
+        why: Vec<ManifestError>,
+        problems: &mut Vec<ManifestError>,
+        held: &mut Vec<String>,
+    ) -> Vec<Result<Manifest, ManifestError>> {
+        let Some((text, objects)) = self.last_good(path) else {
+            return why.into_iter().map(Err).collect();
+        };
+        let objects = match objects {
+            1 => "1 object".to_owned(),
+            n => format!("{n} objects"),
+        };
+        held.push(path.to_owned());
+        problems.extend(why.into_iter().map(|mut err| {
+            err.message = format!(
+                "{}; the last version read in full ({objects}) stays in use until the file is \
+                 fixed or deleted",
+                err.message
+            );
+            err
+        }));
+        parse_documents(path, &text)
+    }
+}
+
+/// A problem with a file as a whole.
+fn file_problem(path: &str, message: String) -> ManifestError {
+    ManifestError {
+        source: path.to_owned(),
+        document: 0,
+        object: None,
+        field: String::new(),
+        message,
+    }
+}
+
 /// Which changes a watcher reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Watch {
     /// Everything: user manifests and the controller's status files.
     All,
-    /// User manifests only (what the controller needs: it wrote the status itself).
+    /// User manifests, and the pools' status files: what the controller needs (it wrote the
+    /// status itself, but a hand edit of a pool's counters must be reverted, as MetalLB does).
     Manifests,
     /// Everything but the tree under this relative directory: the watcher's own writes (a
     /// speaker's `status/l2/<node>`), which it knows without re-reading the whole directory.
@@ -55,10 +187,15 @@ pub enum Watch {
 impl Watch {
     fn reports(&self, relative: &str) -> bool {
         let hidden = relative.split('/').any(|part| part.starts_with('.'));
+        // The controller's heartbeat is nobody's input: every 10 s would wake every reader.
         !hidden
+            && relative != CONTROLLER_RECORD_PATH
             && match self {
                 Watch::All => true,
-                Watch::Manifests => !is_status_path(relative),
+                Watch::Manifests => {
+                    !is_status_path(relative)
+                        || relative.starts_with(&format!("{POOLS_STATUS_DIR}/"))
+                }
                 Watch::AllBut(own) => relative
                     .strip_prefix(own.as_str())
                     .is_none_or(|rest| !rest.is_empty() && !rest.starts_with('/')),
@@ -89,44 +226,48 @@ impl Changes {
 }
 
 impl StateDir {
-    /// Opens an existing directory.
+    /// Opens an existing directory. Its path is made absolute: the watcher reports absolute
+    /// paths, which a relative root (`--state-dir .`) would never match.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StateDirError> {
         let root = root.into();
-        let meta = std::fs::metadata(&root).map_err(|source| StateDirError::Io {
+        let io = |source| StateDirError::Io {
             path: root.clone(),
             source,
-        })?;
-        if !meta.is_dir() {
+        };
+        let absolute = std::fs::canonicalize(&root).map_err(io)?;
+        if !std::fs::metadata(&absolute).map_err(io)?.is_dir() {
             return Err(StateDirError::NotADirectory(root));
         }
-        Ok(StateDir { root })
+        Ok(StateDir { root: absolute })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Reads every manifest and status file. A file that cannot be read becomes a problem in the
-    /// snapshot; the rest is still read.
+    /// Reads every manifest and status file once. A file that cannot be read becomes a problem
+    /// in the snapshot; the rest is still read. Daemons that read again and again use a
+    /// [`Reader`], which keeps the last good version of each file.
     pub fn read(&self) -> Result<Snapshot, StateDirError> {
-        let mut files = Vec::new();
-        let mut unreadable = Vec::new();
-        self.walk(
-            &self.root,
-            &mut |relative, path| match std::fs::read_to_string(path) {
-                Ok(text) => files.push((relative, text)),
-                Err(err) => unreadable.push(ManifestError {
-                    source: path.display().to_string(),
-                    document: 0,
-                    object: None,
-                    field: String::new(),
-                    message: format!("cannot read: {err}"),
-                }),
-            },
-        )?;
-        let mut snapshot = Snapshot::from_files(files);
-        snapshot.problems.extend(unreadable);
-        Ok(snapshot)
+        self.reader().read()
+    }
+
+    /// A reader that remembers each manifest file's last good version.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            dir: self.clone(),
+            last_good: BTreeMap::new(),
+        }
+    }
+
+    /// The text of one file, `None` when it does not exist.
+    pub fn read_file(&self, relative: &str) -> Result<Option<String>, StateDirError> {
+        let path = self.resolve(relative)?;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateDirError::Io { path, source }),
+        }
     }
 
     /// Relative paths of the files below `relative_dir` (e.g. `status/services`).
@@ -139,6 +280,7 @@ impl StateDir {
         Ok(found)
     }
 
+    /// Visits every file below `dir` but hidden ones, by name order.
     fn walk(&self, dir: &Path, visit: &mut dyn FnMut(String, &Path)) -> Result<(), StateDirError> {
         let io = |source| StateDirError::Io {
             path: dir.to_owned(),
@@ -161,7 +303,7 @@ impl StateDir {
             let relative = relative.to_string_lossy().into_owned();
             if path.is_dir() {
                 self.walk(&path, visit)?;
-            } else if is_manifest_path(&relative) {
+            } else {
                 visit(relative, &path);
             }
         }
@@ -252,7 +394,7 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrolb_proto::api::state::service_status_path;
+    use ferrolb_proto::api::state::{last_good_path, service_status_path};
 
     const POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lan}\nspec:\n  addresses: [10.250.0.100/30]\n";
 
@@ -287,6 +429,100 @@ mod tests {
         assert_eq!(leftovers.len(), 1);
     }
 
+    /// Issue 19: a broken edit of a live manifest must not make its objects vanish.
+    #[test]
+    fn a_file_that_stops_reading_keeps_its_last_good_version_until_fixed_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut reader = state.reader();
+        let pools = |s: &Snapshot| s.pools.len();
+        let problems =
+            |s: &Snapshot| -> Vec<String> { s.problems.iter().map(ToString::to_string).collect() };
+
+        // A new file that does not read is reported; there is nothing to keep.
+        std::fs::write(dir.path().join("pool.yaml"), "spec: {\n").unwrap();
+        let snapshot = reader.read().unwrap();
+        assert_eq!((pools(&snapshot), snapshot.held.len()), (0, 0));
+        assert!(
+            problems(&snapshot)[0].contains("line 2 column 1"),
+            "{:?}",
+            problems(&snapshot)
+        );
+
+        std::fs::write(dir.path().join("pool.yaml"), POOL).unwrap();
+        let snapshot = reader.read().unwrap();
+        assert_eq!((pools(&snapshot), snapshot.problems.len()), (1, 0));
+
+        for (broken, said) in [
+            (POOL.replace("spec:", "spec: {"), "not valid YAML"),
+            (String::new(), "the file is empty"),
+            ("# all commented out\n  \n".to_owned(), "the file is empty"),
+            (POOL.replace("addresses", "adresses"), "spec"),
+        ] {
+            std::fs::write(dir.path().join("pool.yaml"), &broken).unwrap();
+            let snapshot = reader.read().unwrap();
+            assert_eq!(pools(&snapshot), 1, "{broken:?} keeps the pool");
+            assert_eq!(snapshot.held, ["pool.yaml"]);
+            let problems = problems(&snapshot);
+            assert!(
+                problems.len() == 1
+                    && problems[0].starts_with("pool.yaml")
+                    && problems[0].contains(said)
+                    && problems[0].ends_with(
+                        "the last version read in full (1 object) stays in use until the file \
+                         is fixed or deleted"
+                    ),
+                "{broken:?}: {problems:?}"
+            );
+            // A one-shot read has no memory: the pool is missing there.
+            assert_eq!(pools(&state.read().unwrap()), 0);
+        }
+
+        // Fixed: the new version is read (and becomes the one kept).
+        let edited = POOL.replace("/30", "/29");
+        std::fs::write(dir.path().join("pool.yaml"), &edited).unwrap();
+        let snapshot = reader.read().unwrap();
+        assert_eq!((snapshot.problems.len(), snapshot.held.len()), (0, 0));
+        assert_eq!(snapshot.pools[0].spec.addresses, ["10.250.0.100/29"]);
+
+        // Deleting the file, or the objects from a file that still reads, removes them.
+        std::fs::write(dir.path().join("pool.yaml"), "").unwrap();
+        assert_eq!(pools(&reader.read().unwrap()), 1);
+        std::fs::remove_file(dir.path().join("pool.yaml")).unwrap();
+        assert_eq!(pools(&reader.read().unwrap()), 0);
+        std::fs::write(dir.path().join("pool.yaml"), "").unwrap();
+        let snapshot = reader.read().unwrap();
+        assert_eq!((snapshot.problems.len(), snapshot.held.len()), (0, 0));
+        std::fs::write(dir.path().join("pool.yaml"), POOL).unwrap();
+        assert_eq!(pools(&reader.read().unwrap()), 1);
+        let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n";
+        std::fs::write(dir.path().join("pool.yaml"), namespace).unwrap();
+        let snapshot = reader.read().unwrap();
+        assert_eq!((pools(&snapshot), snapshot.namespaces.len()), (0, 1));
+    }
+
+    #[test]
+    fn a_new_reader_uses_the_copy_the_controller_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        state.write_atomic("pool.yaml", "").unwrap();
+        state
+            .write_atomic(&last_good_path("pool.yaml"), POOL)
+            .unwrap();
+        // A restart (or `ferrolb-controller status`) while the file is broken.
+        let snapshot = state.read().unwrap();
+        assert_eq!((snapshot.pools.len(), snapshot.held.len()), (1, 1));
+        assert!(
+            snapshot.problems[0]
+                .message
+                .starts_with("the file is empty")
+        );
+        // The copy is never read as a manifest or a status file of its own.
+        std::fs::remove_file(dir.path().join("pool.yaml")).unwrap();
+        let snapshot = state.read().unwrap();
+        assert_eq!((snapshot.pools.len(), snapshot.problems.len()), (0, 0));
+    }
+
     #[test]
     fn paths_must_stay_inside() {
         let dir = tempfile::tempdir().unwrap();
@@ -300,6 +536,8 @@ mod tests {
                 "{bad}"
             );
         }
+        // Relative roots become absolute, as the watcher's paths are.
+        assert!(StateDir::open(".").unwrap().root().is_absolute());
         let missing = StateDir::open(dir.path().join("missing"))
             .unwrap_err()
             .to_string();
@@ -316,10 +554,12 @@ mod tests {
             ("pools.yaml", true, true, true),
             ("apps/.web.yaml.tmp", false, false, false),
             ("status/services/demo/web.yaml", true, false, true),
+            ("status/ipaddresspools/lan.yaml", true, true, true),
             ("status/l2/n1", true, false, false),
             ("status/l2/n1/demo/web.yaml", true, false, false),
             ("status/l2/n10/demo/web.yaml", true, false, true),
             ("status/l2/n2/demo/web.yaml", true, false, true),
+            (CONTROLLER_RECORD_PATH, false, false, false),
         ] {
             assert_eq!(Watch::All.reports(path), all, "{path}");
             assert_eq!(Watch::Manifests.reports(path), manifests, "{path}");

@@ -1,13 +1,14 @@
 //! Which node announces each Service, and so what this node announces: the speaker's pure
-//! decision from Services (IPs from status only), pools, L2Advertisements, Nodes, EndpointSlices
-//! and the live members. Every speaker computes the same result from the same inputs.
+//! decision from Services (IPs from status only, the pool from the controller's
+//! `ip-allocated-from-pool` annotation), pools, L2Advertisements, Nodes, EndpointSlices and the
+//! live members. Every speaker computes the same result from the same inputs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ferrolb_proto::api::annotations::EXCLUDE_FROM_LOAD_BALANCERS_LABEL;
+use ferrolb_proto::api::annotations::{EXCLUDE_FROM_LOAD_BALANCERS_LABEL, IP_ALLOCATED_FROM_POOL};
 use ferrolb_proto::api::selector::matches;
-use ferrolb_proto::api::{AddressRange, IPAddressPool, L2Advertisement};
+use ferrolb_proto::api::{AddressRange, IPAddressPool, L2Advertisement, seniority};
 use ferrolb_proto::election::{ElectionKey, owner};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -92,7 +93,7 @@ impl std::fmt::Display for Reason {
 
 /// Decides every Service that has IPs in its status, in name order.
 pub fn decide(inputs: &Inputs<'_>) -> Vec<Decision> {
-    let pools: Vec<(&IPAddressPool, Vec<AddressRange>)> = inputs
+    let mut pools: Vec<(&IPAddressPool, Vec<AddressRange>)> = inputs
         .pools
         .iter()
         .map(|p| {
@@ -105,6 +106,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Vec<Decision> {
             (p, ranges)
         })
         .collect();
+    pools.sort_by(|a, b| seniority(a.0, b.0));
     let eligible: BTreeMap<String, &Node> = inputs
         .nodes
         .iter()
@@ -156,10 +158,7 @@ fn decide_one(
     eligible: &BTreeMap<String, &Node>,
     inputs: &Inputs<'_>,
 ) -> Outcome {
-    let Some((pool, _)) = pools
-        .iter()
-        .find(|(_, ranges)| ranges.iter().any(|r| r.contains(first)))
-    else {
+    let Some(pool) = pool_of(svc, first, pools) else {
         return Outcome::NotAnnounced(Reason::NoPool { ip: first });
     };
     let ads: Vec<&L2Advertisement> = inputs
@@ -219,6 +218,26 @@ fn decide_one(
         node: node.to_owned(),
         interfaces,
     }
+}
+
+/// The pool of a Service's first IP: the one the controller allocated it from
+/// (`metallb.io/ip-allocated-from-pool`) if that pool holds it, else the oldest pool holding
+/// it, as the controller gives an overlap to the older pool. `pools` are oldest first.
+fn pool_of<'p>(
+    svc: &Service,
+    ip: IpAddr,
+    pools: &[(&'p IPAddressPool, Vec<AddressRange>)],
+) -> Option<&'p IPAddressPool> {
+    let allocated_from = svc.annotations().get(IP_ALLOCATED_FROM_POOL);
+    let holding = || {
+        pools
+            .iter()
+            .filter(|(_, ranges)| ranges.iter().any(|r| r.contains(ip)))
+    };
+    holding()
+        .find(|(pool, _)| Some(&pool.name_any()) == allocated_from)
+        .or_else(|| holding().next())
+        .map(|(pool, _)| *pool)
 }
 
 fn handled(svc: &Service, lb_class: Option<&str>) -> bool {
@@ -526,6 +545,60 @@ mod tests {
         assert_eq!(announcer(&i), "n2");
         i.endpoint_slices = vec![slice(&[("n3", true), ("n2", false)])];
         assert_eq!(announcer(&i), "n3");
+    }
+
+    /// Issue 19: of two overlapping pools, each with its own advertisement, the one the
+    /// controller allocated from (its annotation) decides; without the annotation, the older
+    /// pool, as the controller gives the overlap to the older pool.
+    #[test]
+    fn the_pool_the_controller_allocated_from_decides_where_pools_overlap() {
+        let mut i = inputs();
+        i.pools = vec![
+            from(
+                json!({"metadata": {"name": "a-new", "creationTimestamp": "2025-01-01T00:00:00Z"},
+                "spec": {"addresses": ["10.250.0.0/24"]}}),
+            ),
+            from(
+                json!({"metadata": {"name": "z-old", "creationTimestamp": "2024-01-01T00:00:00Z"},
+                "spec": {"addresses": ["10.250.0.100/30"]}}),
+            ),
+        ];
+        i.advertisements = vec![
+            from(
+                json!({"metadata": {"name": "new"}, "spec": {"ipAddressPools": ["a-new"], "interfaces": ["eth-new"]}}),
+            ),
+            from(
+                json!({"metadata": {"name": "old"}, "spec": {"ipAddressPools": ["z-old"], "interfaces": ["eth-old"]}}),
+            ),
+        ];
+        let interfaces = |i: &World| match outcome(i) {
+            Outcome::Announced { interfaces, .. } => interfaces,
+            other => panic!("not announced: {other:?}"),
+        };
+        let only = |name: &str| Interfaces::Only([name.to_owned()].into());
+        let annotated = |pool: &str| {
+            service(
+                "app",
+                "10.250.0.100",
+                json!({"metadata": {"annotations": {IP_ALLOCATED_FROM_POOL: pool}}}),
+            )
+        };
+
+        assert_eq!(
+            interfaces(&i),
+            only("eth-old"),
+            "no annotation: the older pool"
+        );
+        i.services = vec![annotated("a-new")];
+        assert_eq!(interfaces(&i), only("eth-new"), "the annotated pool");
+        i.services = vec![annotated("z-old")];
+        assert_eq!(interfaces(&i), only("eth-old"), "the annotated pool");
+        i.services = vec![annotated("gone")];
+        assert_eq!(
+            interfaces(&i),
+            only("eth-old"),
+            "an unknown pool: the older one"
+        );
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! It turns the directory into a [`Cluster`] on every change (inotify), records what this node
 //! announces as ServiceL2Status files under `status/l2/<node>/`, and logs events.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ferrolb_daemon::shutdown::Shutdown;
-use ferrolb_daemon::statedir::{StateDir, StateDirError, Watch};
+use ferrolb_daemon::statedir::{Reader, StateDir, StateDirError, Watch};
 use ferrolb_proto::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL, SERVICE_NAMESPACE_LABEL};
 use ferrolb_proto::api::state::{Snapshot, l2_status_dir, l2_status_path};
 use k8s_openapi::jiff::Timestamp;
@@ -40,9 +41,10 @@ pub fn follow(
     mut shutdown: Shutdown,
 ) -> Result<(Arc<Cluster>, watch::Receiver<Arc<Cluster>>), StateDirError> {
     let mut changes = dir.watch(Watch::AllBut(l2_status_dir(node)))?;
-    let first = read(dir)?;
+    let mut reader = dir.reader();
+    let mut reported = BTreeSet::new();
+    let first = read(&mut reader, &mut reported)?;
     let (tx, rx) = watch::channel(first.clone());
-    let dir = dir.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -52,7 +54,7 @@ pub fn follow(
                     return;
                 },
             }
-            match read(&dir) {
+            match read(&mut reader, &mut reported) {
                 Ok(cluster) => {
                     tx.send_replace(cluster);
                 }
@@ -63,11 +65,27 @@ pub fn follow(
     Ok((first, rx))
 }
 
-fn read(dir: &StateDir) -> Result<Arc<Cluster>, StateDirError> {
-    let snapshot = dir.read()?;
+/// Reads the directory (a manifest file that stops reading keeps its last good version).
+/// The controller reports problems; a file this speaker keeps at an older version is worth a
+/// warning here too, once.
+fn read(
+    reader: &mut Reader,
+    reported: &mut BTreeSet<String>,
+) -> Result<Arc<Cluster>, StateDirError> {
+    let snapshot = reader.read()?;
+    let mut current = BTreeSet::new();
     for problem in &snapshot.problems {
-        tracing::debug!("ignoring manifest: {problem}");
+        let line = problem.to_string();
+        if snapshot.held.contains(&problem.source) {
+            if !reported.contains(&line) {
+                tracing::warn!("{line}");
+            }
+        } else {
+            tracing::debug!("ignoring manifest: {line}");
+        }
+        current.insert(line);
     }
+    *reported = current;
     Ok(Arc::new(cluster(snapshot)))
 }
 

@@ -186,6 +186,14 @@ pub mod manifests {
         }
     }
 
+    /// An L2Advertisement for the named pools only.
+    pub fn l2_advertisement_for(name: &str, pools: &[&str]) -> String {
+        format!(
+            "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata:\n  name: {name}\n  namespace: metallb-system\nspec:\n  ipAddressPools: [{}]\n",
+            pools.join(", ")
+        )
+    }
+
     /// A LoadBalancer Service on port 80, with the options scenarios need.
     #[derive(Debug, Clone)]
     pub struct ServiceManifest {
@@ -537,6 +545,62 @@ impl Install {
             .unwrap_or_default()
     }
 
+    /// The pool the controller wrote for Service `namespace/name`
+    /// (`metallb.io/ip-allocated-from-pool`), if any.
+    pub fn service_pool(&self, namespace: &str, name: &str) -> Option<String> {
+        let path = self
+            .dir
+            .join(format!("status/services/{namespace}/{name}.yaml"));
+        read_yaml(&path)?
+            .pointer("/metadata/annotations/metallb.io~1ip-allocated-from-pool")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// The `Valid` condition the controller wrote for pool `name`: its status (`True`,
+    /// `False`) and message; `None` before it has written one.
+    pub fn pool_validity(&self, name: &str) -> Option<(String, String)> {
+        let path = self.dir.join(format!("status/ipaddresspools/{name}.yaml"));
+        let status = read_yaml(&path)?;
+        let valid = status
+            .pointer("/status/conditions")?
+            .as_array()?
+            .iter()
+            .find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Valid"))?
+            .clone();
+        let text = |key: &str| valid.get(key)?.as_str().map(str::to_owned);
+        Some((text("status")?, text("message").unwrap_or_default()))
+    }
+
+    /// Waits until pool `name`'s `Valid` condition satisfies `done`, or fails after `timeout`
+    /// with what it last said.
+    pub fn wait_pool_validity(
+        &self,
+        name: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&str, &str) -> bool,
+    ) -> Result<(String, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let validity = self.pool_validity(name);
+            if let Some((status, message)) = &validity
+                && done(status, message)
+            {
+                return Ok((status.clone(), message.clone()));
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Output {
+                    command: "ferrolb-controller".to_owned(),
+                    namespace: self.dir.display().to_string(),
+                    reason: format!(
+                        "IPAddressPool {name}: the awaited Valid condition was not written within {timeout:?}; last seen {validity:?}"
+                    ),
+                });
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until Service `namespace/name` has IPs that satisfy `done`, or fails after
     /// `timeout` naming what it saw (and the controller's log).
     pub fn wait_ips(
@@ -693,6 +757,7 @@ mod tests {
             manifests::pool("lan", &["10.250.0.100-10.250.0.110", "fd00:250::100/124"]),
             manifests::l2_advertisement("all", &[]),
             manifests::l2_advertisement("eth1", &["eth1"]),
+            manifests::l2_advertisement_for("lan", &["lan"]),
             manifests::service("demo", "web")
                 .annotation("metallb.io/loadBalancerIPs", "10.250.0.105")
                 .local()

@@ -653,3 +653,150 @@ fn standalone_hands_traffic_to_a_listener_on_the_owner_node() {
     }
     drop(proxies);
 }
+
+/// Issue 19: a pool added later that overlaps a serving one is the one refused, whatever the
+/// names; the serving pool stays valid and its VIPs keep being answered.
+#[test]
+fn an_overlapping_pool_added_later_is_refused_and_the_serving_pool_keeps_answering() {
+    lab_or_skip!("arping", "curl", "nginx", "nft");
+    let _slot = Slot::take();
+    let mut journey = Journey::new(Lab::builder()).unwrap();
+    journey
+        .install
+        .write(
+            "pool.yaml",
+            &manifests::pool("lan", &["10.250.0.100-10.250.0.110"]),
+        )
+        .unwrap();
+    journey
+        .install
+        .write("l2.yaml", &manifests::l2_advertisement_for("l2", &["lan"]))
+        .unwrap();
+    journey.install.start_all().unwrap();
+    let vip = add_service(&mut journey, &web());
+    let owner = reach(&journey, "demo/web", vip);
+    journey
+        .install
+        .wait_pool_validity("lan", ALLOCATE, |status, _| status == "True")
+        .unwrap();
+
+    // "a10" sorts before "lan": seniority by name would hand it the overlap.
+    journey
+        .install
+        .write(
+            "a10.yaml",
+            &manifests::pool("a10", &["fd01::/64", "10.0.0.0/8"]),
+        )
+        .unwrap();
+    let (_, why) = journey
+        .install
+        .wait_pool_validity("a10", ALLOCATE, |status, _| status == "False")
+        .unwrap();
+    assert!(
+        why.contains("10.0.0.0/8") && why.contains("lan"),
+        "a10 is refused naming the overlap with lan: {why}"
+    );
+    let macs = journey.arp_answers("eth0", v4(vip), 30).unwrap();
+    assert_eq!(
+        macs,
+        vec![owner.mac(); 30],
+        "every probe answered by {} after a10 was added",
+        owner.name()
+    );
+    assert_eq!(
+        journey.install.pool_validity("lan").map(|v| v.0).as_deref(),
+        Some("True"),
+        "lan stays valid"
+    );
+    assert_eq!(
+        journey.install.service_pool("demo", "web").as_deref(),
+        Some("lan")
+    );
+    let view = status_view(&journey);
+    assert!(
+        view.lines()
+            .any(|l| l.contains("a10") && l.contains("10.0.0.0/8") && l.contains("lan")),
+        "the status view says why a10 is refused:\n{view}"
+    );
+
+    // A restart of the controller keeps the order.
+    journey.install.kill_controller().unwrap();
+    journey.install.start_controller().unwrap();
+    journey.install.wait_controller_ready(ALLOCATE).unwrap();
+    assert_eq!(
+        journey.install.pool_validity("lan").map(|v| v.0).as_deref(),
+        Some("True"),
+        "lan is still the senior pool after a restart"
+    );
+    assert_eq!(reach(&journey, "demo/web", vip).name(), owner.name());
+}
+
+/// Waits (bounded) until the status view satisfies `done`; returns it.
+fn wait_view(journey: &Journey, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + ALLOCATE;
+    loop {
+        let view = status_view(journey);
+        if done(&view) {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the status view did not show {what} within {ALLOCATE:?}:\n{view}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 19: a broken edit of the serving pool.yaml (truncated by an editor's save or a `>`
+/// redirect, or a YAML syntax error) keeps the pool as it last read: the Services keep their
+/// IPs, ARP and curl keep working, and the status view says what is wrong until it is fixed.
+#[test]
+fn a_broken_edit_of_the_serving_pool_keeps_it_and_says_so() {
+    lab_or_skip!("arping", "curl", "nginx", "nft");
+    let (_slot, mut journey) = stage(Lab::builder(), &["10.250.0.100-10.250.0.110"], &[]);
+    let web_ip = add_service(&mut journey, &web());
+    let api_ip = add_service(&mut journey, &manifests::service("demo", "api"));
+    let owner = reach(&journey, "demo/web", web_ip);
+    let good = manifests::pool("lan", &["10.250.0.100-10.250.0.110"]);
+    let pool_file = journey.install.dir().join("pool.yaml");
+    let broken = [
+        ("truncated", String::new(), "empty"),
+        ("a syntax error", good.replace("spec:", "spec: {"), "line "),
+    ];
+    for (what, text, said) in broken {
+        // In place, as an editor or a shell redirect writes: not atomically.
+        std::fs::write(&pool_file, &text).unwrap();
+        let view = wait_view(&journey, "the broken pool.yaml", |v| {
+            v.contains("pool.yaml") && v.contains(said)
+        });
+        assert_eq!(
+            journey.install.service_ips("demo", "web"),
+            [web_ip],
+            "{what}"
+        );
+        assert_eq!(
+            journey.install.service_ips("demo", "api"),
+            [api_ip],
+            "{what}"
+        );
+        let macs = journey.arp_answers("eth0", v4(web_ip), 20).unwrap();
+        assert_eq!(
+            macs,
+            vec![owner.mac(); 20],
+            "{what} pool.yaml: every probe answered by {}\n{view}",
+            owner.name()
+        );
+        assert!(journey.curl(web_ip).unwrap().is_some(), "{what}: curl");
+        assert!(
+            view.lines()
+                .any(|l| l.contains("lan") && l.contains("10.250.0.100-10.250.0.110")),
+            "{what}: the pool is still listed:\n{view}"
+        );
+
+        journey.install.write("pool.yaml", &good).unwrap();
+        wait_view(&journey, "the problem cleared", |v| {
+            !v.contains("pool.yaml")
+        });
+    }
+    reach(&journey, "demo/api", api_ip);
+}

@@ -303,6 +303,22 @@ pub enum AllocationError {
         /// Comma-separated quoted pool names, in the order tried.
         pools: String,
     },
+
+    #[error(
+        "service {service}: no free {wanted} address in IPAddressPool(s) {pools}, and it cannot \
+         share {ip} with service {other}: {why}; sharing needs the same \
+         metallb.io/allow-shared-ip key, the same externalTrafficPolicy (and selector if Local) \
+         and no common port"
+    )]
+    SharingRefused {
+        service: ServiceKey,
+        wanted: String,
+        pools: String,
+        /// The held address it could have shared, and one of its holders.
+        ip: IpAddr,
+        other: ServiceKey,
+        why: SharingMismatch,
+    },
 }
 
 impl AllocationError {
@@ -326,7 +342,7 @@ impl AllocationError {
             IpOutsidePool { .. } => "IPOutsidePool",
             IpsInDifferentPools { .. } => "IPsInDifferentPools",
             BuggyIp { .. } => "BuggyIP",
-            IpInUse { .. } => "SharingConflict",
+            IpInUse { .. } | SharingRefused { .. } => "SharingConflict",
             NotRequested { .. } => "NotRequested",
             EmptyPoolName { .. } | UnknownPool { .. } => "UnknownPool",
             InvalidPool { .. } => "InvalidPool",
@@ -368,7 +384,8 @@ impl AllocationError {
             | PoolLacksFamily { service, .. }
             | NoPoolForService { service, .. }
             | NoDualStackPool { service }
-            | NoAvailableIps { service, .. } => Some(service),
+            | NoAvailableIps { service, .. }
+            | SharingRefused { service, .. } => Some(service),
         }
     }
 

@@ -1006,7 +1006,7 @@ impl Allocator {
         let ips = match (intent.ips(), kept.as_slice()) {
             (Some(requested), _) => requested.ips,
             // Both kept: the same two addresses.
-            (None, [_, _]) => ips.v4_first(),
+            (None, [_, _]) => ips.in_family_order(intent.primary),
             (None, _) => Ips::one(kept.first().map_or(ips.first(), |(ip, _)| *ip)),
         };
         Ok(Held { pool: pool.id, ips })
@@ -1037,7 +1037,7 @@ impl Allocator {
         match extra {
             Some(ips) => Ok(Held {
                 pool: held.pool,
-                ips: ips.v4_first(),
+                ips: ips.in_family_order(intent.primary),
             }),
             None if intent.policy == FamilyPolicy::PreferDualStack => Ok(held),
             None => Err(AllocationError::NoAvailableIps {
@@ -1287,7 +1287,7 @@ impl Allocator {
             let v6 = self.pick(key, intent, pool, Some(IpFamily::V6))?;
             Some(Held {
                 pool: pool.id,
-                ips: Ips::two(v4, v6)?,
+                ips: Ips::two(v4, v6)?.in_family_order(intent.primary),
             })
         };
         let single = |pool: &Pool| {
@@ -1305,19 +1305,68 @@ impl Allocator {
                 .find_map(|p| dual(p))
                 .or_else(|| pools.iter().find_map(|p| single(p))),
         };
-        found.ok_or_else(|| AllocationError::NoAvailableIps {
-            service: key.clone(),
-            wanted: match (intent.policy, intent.single_family()) {
+        found.ok_or_else(|| {
+            let service = key.clone();
+            let wanted = match (intent.policy, intent.single_family()) {
                 (FamilyPolicy::RequireDualStack, _) => "IPv4 and IPv6".into(),
                 (_, Some(f)) => f.to_string(),
                 (_, None) => "IPv4 or IPv6".into(),
-            },
-            pools: pools
-                .iter()
-                .map(|p| format!("{:?}", &*p.name))
-                .collect::<Vec<_>>()
-                .join(", "),
+            };
+            let names: Vec<String> = pools.iter().map(|p| format!("{:?}", &*p.name)).collect();
+            let pools_text = names.join(", ");
+            match self.refusal(key, intent, pools) {
+                Some((ip, other, why)) => AllocationError::SharingRefused {
+                    service,
+                    wanted,
+                    pools: pools_text,
+                    ip,
+                    other,
+                    why,
+                },
+                None => AllocationError::NoAvailableIps {
+                    service,
+                    wanted,
+                    pools: pools_text,
+                },
+            }
         })
+    }
+
+    /// Why a Service that asks to share found no address in `pools` to join: the first held
+    /// address of a family it takes (those of Services with its key first), with a holder and
+    /// the sharing rule that refused it. None when it asks for no sharing.
+    fn refusal(
+        &self,
+        key: &ServiceKey,
+        intent: &Intent,
+        pools: &[&Pool],
+    ) -> Option<(IpAddr, ServiceKey, SharingMismatch)> {
+        let ours = intent.sharing()?;
+        let family = match intent.policy {
+            FamilyPolicy::RequireDualStack => None,
+            _ => intent.single_family(),
+        };
+        let in_pools = |ip: &IpAddr| {
+            matches!(self.locate(*ip), Located::Valid { pool, .. }
+                if pools.iter().any(|p| p.name == pool.name))
+        };
+        let same_key = self.shared.get(&ours.key).into_iter().flatten().copied();
+        let held = pools
+            .iter()
+            .flat_map(|pool| pool.entries.iter())
+            .flat_map(|entry| self.owners.range(entry.range.first()..=entry.range.last()));
+        same_key
+            .filter(in_pools)
+            .chain(held)
+            .filter(|ip| family.is_none_or(|f| IpFamily::of(*ip) == f))
+            .find_map(|ip| {
+                self.holding(ip)
+                    .filter(|r| r.key != *key)
+                    .find_map(|other| {
+                        let why = compatible(Some(ours), other.intent.sharing()).err()?;
+                        Some((ip, other.key.clone(), why))
+                    })
+            })
     }
 
     /// The first address of `family` (either when None) in `pool` that the Service may take:

@@ -468,11 +468,13 @@ impl Ips {
         }
     }
 
-    /// IPv4 first, as MetalLB writes an automatic dual-stack allocation.
-    pub(crate) fn v4_first(self) -> Self {
-        match self {
-            Ips::V6V4(v6, v4) => Ips::V4V6(v4, v6),
-            ips => ips,
+    /// In the order status lists them, as MetalLB writes a dual-stack allocation: the primary
+    /// family (`spec.ipFamilies[0]`) first, IPv4 first when the families are not known.
+    pub(crate) fn in_family_order(self, primary: Option<IpFamily>) -> Self {
+        match (self, primary) {
+            (Ips::V6V4(v6, v4), None | Some(IpFamily::V4)) => Ips::V4V6(v4, v6),
+            (Ips::V4V6(v4, v6), Some(IpFamily::V6)) => Ips::V6V4(v6, v4),
+            (ips, _) => ips,
         }
     }
 

@@ -120,6 +120,18 @@ fn decode(mut value: Value) -> Result<Manifest, DecodeError> {
             "the document has no apiVersion or kind".to_owned(),
         ));
     }
+    if is_legacy_metallb_config(&kind, &value) {
+        return Err((
+            object,
+            "kind".to_owned(),
+            "\"ConfigMap\" holds MetalLB's configuration before v0.13 (address-pools), which \
+             FerroLB does not read (nor does MetalLB since v0.13); convert it with MetalLB's \
+             configmaptocrs tool (the ConfigMap saved as config.yaml here: docker run -v \
+             $(pwd):/var/input quay.io/metallb/configmaptocrs) and use the resources.yaml it \
+             writes instead"
+                .to_owned(),
+        ));
+    }
     let Some(&(_, expected)) = KINDS.iter().find(|(k, _)| *k == kind) else {
         let known: Vec<String> = KINDS.iter().map(|(k, v)| format!("{k} ({v})")).collect();
         return Err((
@@ -157,13 +169,65 @@ fn decode(mut value: Value) -> Result<Manifest, DecodeError> {
     })
 }
 
-/// Deserializes, keeping the path of the field that failed.
+/// MetalLB's configuration before v0.13: a ConfigMap whose `config` holds `address-pools`.
+fn is_legacy_metallb_config(kind: &str, value: &Value) -> bool {
+    kind == "ConfigMap"
+        && value
+            .pointer("/data/config")
+            .and_then(Value::as_str)
+            .is_some_and(|config| config.contains("address-pools"))
+}
+
+/// Deserializes, keeping the path of the field that failed. Unknown fields are dropped (as the
+/// API server prunes them), but named when a field next to them is missing: a typo is the
+/// likely cause, and serde alone only names what is missing.
 fn read<T: DeserializeOwned>(value: Value, object: &Option<String>) -> Result<T, DecodeError> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
+    let mut unknown = Vec::new();
+    let mut note = |path: serde_ignored::Path| unknown.push(path.to_string());
+    let result =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note));
+    result.map_err(|err| {
         let path = err.path().to_string();
         let field = if path == "." { String::new() } else { path };
-        (object.clone(), field, err.into_inner().to_string())
+        let message = err.into_inner().to_string();
+        let message = naming_unknown(message, &field, &unknown);
+        (object.clone(), field, message)
     })
+}
+
+/// A "missing field" message with the unknown fields beside it (`paths` as serde_ignored
+/// writes them: `spec.adresses`, `spec.?.x` through an Option), a close one suggested.
+fn naming_unknown(message: String, field: &str, paths: &[String]) -> String {
+    let Some(missing) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    else {
+        return message;
+    };
+    let mut here: Vec<String> = paths
+        .iter()
+        .map(|path| path.replace("?.", ""))
+        .filter_map(|path| {
+            let (parent, name) = path.rsplit_once('.').unwrap_or(("", &path));
+            (parent == field).then(|| name.to_owned())
+        })
+        .collect();
+    here.sort();
+    let named: Vec<String> = here
+        .iter()
+        .map(|name| {
+            if strsim::damerau_levenshtein(name, missing) <= 2 {
+                format!("`{name}` (did you mean `{missing}`?)")
+            } else {
+                format!("`{name}`")
+            }
+        })
+        .collect();
+    match named.as_slice() {
+        [] => message,
+        [one] => format!("{message}; unknown field {one}"),
+        many => format!("{message}; unknown fields {}", many.join(", ")),
+    }
 }
 
 fn describe(kind: &str, value: &Value) -> Option<String> {
@@ -241,6 +305,38 @@ mod tests {
         assert_eq!(
             error("just: text\n"),
             "pools.yaml document 1: the document has no apiVersion or kind"
+        );
+    }
+
+    /// Issue 19: a typo is named beside the field it leaves missing.
+    #[test]
+    fn an_unknown_field_is_named_beside_the_missing_one() {
+        assert_eq!(
+            error(
+                "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: a}\nspec:\n  adresses: [10.0.0.0/24]\n  autoAssign: false\n"
+            ),
+            "pools.yaml document 1 (IPAddressPool a): spec: missing field `addresses`; unknown \
+             field `adresses` (did you mean `addresses`?)"
+        );
+        assert_eq!(
+            error(
+                "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: a}\nspec:\n  ranges: [10.0.0.0/24]\n  avoid: true\n"
+            ),
+            "pools.yaml document 1 (IPAddressPool a): spec: missing field `addresses`; unknown \
+             fields `avoid`, `ranges`"
+        );
+    }
+
+    /// Issue 19: MetalLB's pre-0.13 configuration points at its conversion tool.
+    #[test]
+    fn a_legacy_metallb_configmap_points_at_the_conversion_tool() {
+        let legacy = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config, namespace: metallb-system}\ndata:\n  config: |\n    address-pools:\n    - name: default\n      protocol: layer2\n      addresses: [192.168.1.240-192.168.1.250]\n";
+        let message = error(legacy);
+        assert!(
+            message.starts_with("pools.yaml document 1 (ConfigMap metallb-system/config): kind: ")
+                && message.contains("MetalLB's configuration before v0.13")
+                && message.contains("configmaptocrs"),
+            "{message}"
         );
     }
 

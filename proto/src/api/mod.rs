@@ -18,7 +18,7 @@ pub use annotations::ServiceAnnotation;
 pub use l2status::{InterfaceInfo, MetalLBServiceL2Status, ServiceL2Status, ServiceL2StatusSpec};
 pub use manifest::{Manifest, ManifestError, parse_documents};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation};
-pub use validation::{PoolProblem, check_pool, check_pools};
+pub use validation::{PoolProblem, check_pool, check_pools, seniority};
 
 /// The API group of every FerroLB resource, shared with MetalLB.
 pub const GROUP: &str = "metallb.io";

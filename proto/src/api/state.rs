@@ -5,7 +5,9 @@
 //! documents, any kinds [`super::manifest`] reads). The controller never edits them; it writes
 //! each Service's allocation to `status/services/<namespace>/<name>.yaml` (a Service object
 //! carrying only metadata, annotations and status) and pool counters to
-//! `status/ipaddresspools/<name>.yaml`. Reading overlays those on the user's objects, so user
+//! `status/ipaddresspools/<name>.yaml`, with the time it first saw the pool as the pool's
+//! `metadata.creationTimestamp` (its seniority where pools overlap, as a cluster's API server
+//! would have stamped it). Reading overlays those on the user's objects, so user
 //! files keep their comments and a half-written status file cannot corrupt them. Each speaker
 //! records what it announces as a ServiceL2Status in `status/l2/<node>/<namespace>/<name>.yaml`
 //! (one directory per node, so speakers never write the same file).
@@ -14,10 +16,14 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
 
 use super::annotations::IP_ALLOCATED_FROM_POOL;
 use super::manifest::{Manifest, ManifestError, parse_documents};
@@ -29,14 +35,20 @@ pub const STATUS_DIR: &str = "status";
 /// The namespace of objects written without one, as `kubectl apply` would place them.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// The directory of the Services' allocations, relative to the state directory.
+pub const SERVICES_STATUS_DIR: &str = "status/services";
+
+/// The directory of the pools' counters and first-seen times, relative to the state directory.
+pub const POOLS_STATUS_DIR: &str = "status/ipaddresspools";
+
 /// Where the controller writes a Service's allocation, relative to the state directory.
 pub fn service_status_path(namespace: &str, name: &str) -> String {
-    format!("{STATUS_DIR}/services/{namespace}/{name}.yaml")
+    format!("{SERVICES_STATUS_DIR}/{namespace}/{name}.yaml")
 }
 
 /// Where the controller writes a pool's counters, relative to the state directory.
 pub fn pool_status_path(name: &str) -> String {
-    format!("{STATUS_DIR}/ipaddresspools/{name}.yaml")
+    format!("{POOLS_STATUS_DIR}/{name}.yaml")
 }
 
 /// Where a speaker records that it announces a Service, relative to the state directory.
@@ -49,15 +61,56 @@ pub fn l2_status_dir(node: &str) -> String {
     format!("{STATUS_DIR}/l2/{node}")
 }
 
+/// The directory where the standalone controller keeps the last good version of each manifest
+/// file that no longer reads, relative to the state directory.
+pub const LAST_GOOD_DIR: &str = "status/last-good";
+
+/// Where the controller keeps the last good version of manifest file `relative`.
+pub fn last_good_path(relative: &str) -> String {
+    format!("{LAST_GOOD_DIR}/{relative}")
+}
+
+/// Where the standalone controller records that it runs and the manifest problems it sees,
+/// relative to the state directory: not a manifest, and no watcher reports its changes.
+pub const CONTROLLER_RECORD_PATH: &str = "status/controller.yaml";
+
+/// How often the standalone controller refreshes its record; `ferrolb-controller status`
+/// calls it gone after [`CONTROLLER_HEARTBEAT_MISSES`] missed refreshes.
+pub const CONTROLLER_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Missed refreshes after which a controller's record says it is gone (a crash, a kill).
+pub const CONTROLLER_HEARTBEAT_MISSES: u32 = 3;
+
+/// What the standalone controller records about itself at [`CONTROLLER_RECORD_PATH`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerRecord {
+    pub pid: u32,
+    pub started_at: Time,
+    /// Refreshed every [`CONTROLLER_HEARTBEAT`] while it runs.
+    pub heartbeat: Time,
+    /// When it stopped cleanly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<Time>,
+    /// The manifest problems as it last read the directory; files it keeps at their last good
+    /// version say so.
+    #[serde(default)]
+    pub manifest_problems: Vec<String>,
+}
+
 /// Whether a relative path is one the controller writes (and user manifests must not be in).
 pub fn is_status_path(relative: &str) -> bool {
     relative == STATUS_DIR || relative.starts_with(&format!("{STATUS_DIR}/"))
 }
 
-/// Whether a relative path holds manifests at all.
+/// Whether a relative path holds manifests or status to read at all (the controller's own
+/// record and its copies of last good versions are not read as such).
 pub fn is_manifest_path(relative: &str) -> bool {
     let name = relative.rsplit('/').next().unwrap_or(relative);
-    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+    !name.starts_with('.')
+        && (name.ends_with(".yaml") || name.ends_with(".yml"))
+        && relative != CONTROLLER_RECORD_PATH
+        && !relative.starts_with(&format!("{LAST_GOOD_DIR}/"))
 }
 
 /// Everything the directory says, with the problems found on the way. Objects are sorted by
@@ -74,6 +127,9 @@ pub struct Snapshot {
     pub l2_statuses: Vec<ServiceL2Status>,
     /// Documents that could not be read, or objects defined twice. The rest is still usable.
     pub problems: Vec<ManifestError>,
+    /// Manifest files read at their last good version, because the current one does not
+    /// read in full or is empty (the state directory's reader decides; see `problems`).
+    pub held: Vec<String>,
 }
 
 type Key = (String, String);
@@ -90,8 +146,9 @@ struct Collected {
     origins: BTreeMap<(String, Key), String>,
 }
 
-/// A file of the directory: its relative path and its text.
-type File = (String, String);
+/// A file of the directory read into its documents: its relative path and what each
+/// document gave.
+pub type ParsedFile = (String, Vec<Result<Manifest, ManifestError>>);
 
 impl Snapshot {
     /// Builds a snapshot from `(relative path, text)` pairs; paths decide whether a file holds
@@ -103,18 +160,32 @@ impl Snapshot {
         P: Into<String>,
         T: Into<String>,
     {
-        let (mut statuses, mut manifests): (Vec<File>, Vec<File>) = files
+        Snapshot::from_parsed(
+            files
+                .into_iter()
+                .map(|(p, t)| (p.into(), t))
+                .filter(|(p, _)| is_manifest_path(p))
+                .map(|(p, t)| {
+                    let documents = parse_documents(&p, &t.into());
+                    (p, documents)
+                }),
+        )
+    }
+
+    /// Builds a snapshot from files already read into documents (the state directory's reader
+    /// decides which version of a file to use); every document error becomes a problem.
+    pub fn from_parsed(files: impl IntoIterator<Item = ParsedFile>) -> Snapshot {
+        let (mut statuses, mut manifests): (Vec<ParsedFile>, Vec<ParsedFile>) = files
             .into_iter()
-            .map(|(p, t)| (p.into(), t.into()))
             .filter(|(p, _)| is_manifest_path(p))
             .partition(|(p, _)| is_status_path(p));
-        manifests.sort();
-        statuses.sort();
+        manifests.sort_by(|a, b| a.0.cmp(&b.0));
+        statuses.sort_by(|a, b| a.0.cmp(&b.0));
 
         let mut problems = Vec::new();
         let mut collected = Collected::default();
-        for (path, text) in manifests {
-            for result in parse_documents(&path, &text) {
+        for (path, documents) in manifests {
+            for result in documents {
                 match result.map(|manifest| collected.add(&path, manifest)) {
                     Ok(Ok(())) => {}
                     Ok(Err(err)) | Err(err) => problems.push(err),
@@ -123,8 +194,8 @@ impl Snapshot {
         }
         // Status after every manifest, so each overlay lands on its object at once.
         let mut l2_statuses = Vec::new();
-        for (path, text) in statuses {
-            for result in parse_documents(&path, &text) {
+        for (_, documents) in statuses {
+            for result in documents {
                 match result {
                     Ok(Manifest::Service(overlay)) => {
                         if let Some(svc) = collected.services.get_mut(&key_of(&*overlay)) {
@@ -137,6 +208,11 @@ impl Snapshot {
                             .get_mut(&(String::new(), overlay.name_any()))
                         {
                             pool.status = overlay.status;
+                            // When the controller first saw the pool: its seniority.
+                            if overlay.metadata.creation_timestamp.is_some() {
+                                pool.metadata.creation_timestamp =
+                                    overlay.metadata.creation_timestamp;
+                            }
                         }
                     }
                     Ok(Manifest::ServiceL2Status(status)) => l2_statuses.push(status),
@@ -155,8 +231,36 @@ impl Snapshot {
             endpoint_slices: collected.endpoint_slices.into_values().collect(),
             l2_statuses,
             problems,
+            held: Vec::new(),
         }
     }
+}
+
+/// Gives every pool without a creation time (one the controller sees for the first time) a
+/// first-seen time, as the API server stamps new objects: `now`, or just after the youngest
+/// pool's when the clock is behind it, so a pool seen later is always the younger
+/// ([`super::seniority`]). Pools first seen together get one time and so stay in name order.
+/// Returns the names of the pools stamped.
+pub fn stamp_new_pools(pools: &mut [IPAddressPool], now: Timestamp) -> Vec<String> {
+    let youngest = pools
+        .iter()
+        .filter_map(|p| p.metadata.creation_timestamp.as_ref())
+        .max()
+        .map(|t| t.0);
+    let at = match youngest {
+        Some(youngest) if youngest >= now => youngest
+            .checked_add(SignedDuration::from_nanos(1))
+            .unwrap_or(youngest),
+        _ => now,
+    };
+    pools
+        .iter_mut()
+        .filter(|p| p.metadata.creation_timestamp.is_none())
+        .map(|p| {
+            p.metadata.creation_timestamp = Some(Time(at));
+            p.name_any()
+        })
+        .collect()
 }
 
 fn key_of<K: ResourceExt>(object: &K) -> Key {
@@ -351,6 +455,44 @@ mod tests {
     }
 
     #[test]
+    fn pools_seen_later_are_younger_and_the_first_seen_time_is_overlaid() {
+        let status = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lan, creationTimestamp: \"2030-01-01T00:00:00.5Z\"}\nspec: {addresses: []}\n";
+        let other = POOL.replace("name: lan", "name: a10");
+        let mut snapshot = Snapshot::from_files([
+            ("pools.yaml", POOL),
+            ("a10.yaml", &other),
+            ("status/ipaddresspools/lan.yaml", status),
+        ]);
+        let lan_seen: Timestamp = "2030-01-01T00:00:00.5Z".parse().unwrap();
+        let created = |s: &Snapshot, name: &str| {
+            s.pools
+                .iter()
+                .find(|p| p.name_any() == name)
+                .and_then(|p| p.metadata.creation_timestamp.clone())
+                .map(|t| t.0)
+        };
+        assert_eq!(created(&snapshot, "lan"), Some(lan_seen));
+        assert_eq!(created(&snapshot, "a10"), None);
+
+        // The clock is behind lan's stamp (set back): a10 is still the younger.
+        let earlier: Timestamp = "2029-06-01T00:00:00Z".parse().unwrap();
+        assert_eq!(stamp_new_pools(&mut snapshot.pools, earlier), ["a10"]);
+        let a10 = created(&snapshot, "a10").unwrap();
+        assert!(a10 > lan_seen, "{a10}");
+        assert_eq!(
+            stamp_new_pools(&mut snapshot.pools, earlier),
+            Vec::<String>::new()
+        );
+
+        // First seen together: one time, so name order decides between them.
+        let mut fresh = Snapshot::from_files([("pools.yaml", POOL), ("a10.yaml", &other)]);
+        let now = Timestamp::now();
+        assert_eq!(stamp_new_pools(&mut fresh.pools, now), ["a10", "lan"]);
+        assert_eq!(created(&fresh, "a10"), Some(now));
+        assert_eq!(created(&fresh, "lan"), Some(now));
+    }
+
+    #[test]
     fn paths() {
         assert_eq!(
             service_status_path("web", "app"),
@@ -362,6 +504,8 @@ mod tests {
             is_manifest_path("a/b.yml")
                 && !is_manifest_path(".hidden.yaml")
                 && !is_manifest_path("x.json")
+                && !is_manifest_path(CONTROLLER_RECORD_PATH)
+                && !is_manifest_path(&last_good_path("pool.yaml"))
         );
     }
 }

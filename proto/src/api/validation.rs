@@ -59,9 +59,8 @@ pub fn check_pool(pool: &IPAddressPool) -> Result<Vec<AddressRange>, Vec<PoolPro
 }
 
 /// Checks a set of pools: each on its own, plus overlaps across pools. Of two overlapping pools
-/// the one created later (by name when neither has a creation time, as in standalone mode) is
-/// the one at fault, so the older pool keeps serving, as MetalLB's webhook would have refused
-/// the newcomer.
+/// the younger ([`seniority`]) is the one at fault, so the older pool keeps serving, as
+/// MetalLB's webhook would have refused the newcomer.
 pub fn check_pools(pools: &[IPAddressPool]) -> Vec<PoolProblem> {
     let mut ordered: Vec<&IPAddressPool> = pools.iter().collect();
     ordered.sort_by(|a, b| seniority(a, b));
@@ -84,8 +83,10 @@ pub fn check_pools(pools: &[IPAddressPool]) -> Vec<PoolProblem> {
     problems
 }
 
-/// Older pools first; pools without a creation time (standalone manifests) after, by name.
-fn seniority(a: &IPAddressPool, b: &IPAddressPool) -> Ordering {
+/// Older pools first: by creation time (in standalone mode the time the controller first saw
+/// the pool, recorded in its status file), pools without one after (new to the controller),
+/// ties by namespace/name.
+pub fn seniority(a: &IPAddressPool, b: &IPAddressPool) -> Ordering {
     let created = |p: &IPAddressPool| p.metadata.creation_timestamp.clone();
     match (created(a), created(b)) {
         (Some(x), Some(y)) => x.cmp(&y),
@@ -387,9 +388,18 @@ mod tests {
         old.metadata.creation_timestamp = Some(Time("2024-01-01T00:00:00Z".parse().unwrap()));
         let mut new = pool("a-new", &["10.0.0.128/25"]);
         new.metadata.creation_timestamp = Some(Time("2025-01-01T00:00:00Z".parse().unwrap()));
-        let problems = check_pools(&[old, new]);
+        let problems = check_pools(&[old.clone(), new]);
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].pool, "metallb-system/a-new");
+
+        // Created in the same second (the API server's resolution): by name; a pool without a
+        // creation time (new to a standalone controller) is younger than any with one.
+        let mut twin = pool("zz-twin", &["10.0.0.0/25"]);
+        twin.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
+        let problems = check_pools(&[old.clone(), twin]);
+        assert_eq!(problems[0].pool, "metallb-system/zz-twin");
+        let problems = check_pools(&[old, pool("a-unseen", &["10.0.0.0/25"])]);
+        assert_eq!(problems[0].pool, "metallb-system/a-unseen");
     }
 
     #[test]
