@@ -13,7 +13,7 @@ use ferrolb_controller::{
 use ferrolb_daemon::endpoint::{self, Readiness};
 use ferrolb_daemon::statedir::StateDir;
 use ferrolb_daemon::{shutdown, telemetry};
-use ferrolb_proto::api::state::CONTROLLER_RECORD_PATH;
+use ferrolb_proto::api::state::{CONTROLLER_RECORD_PATH, SPEAKERS_STATUS_DIR};
 
 /// FerroLB controller: assigns external IP addresses to LoadBalancer Services from
 /// IPAddressPools, MetalLB-compatible.
@@ -206,10 +206,20 @@ async fn run_kubernetes(
 fn status(flags: StatusFlags) -> ExitCode {
     let inputs = match flags.state_dir {
         Some(dir) => StateDir::open(&dir)
-            .and_then(|dir| Ok((dir.read()?, dir.read_file(CONTROLLER_RECORD_PATH)?)))
+            .and_then(|dir| {
+                let mut speakers = Vec::new();
+                for file in dir.files_under(SPEAKERS_STATUS_DIR)? {
+                    speakers.extend(dir.read_file(&file)?);
+                }
+                Ok((
+                    dir.read()?,
+                    dir.read_file(CONTROLLER_RECORD_PATH)?,
+                    speakers,
+                ))
+            })
             .map_err(|err| format!("cannot read the state directory {}: {err}", dir.display()))
-            .map(|(snapshot, record)| {
-                status::from_state_dir(snapshot, record.as_deref(), flags.lb_class)
+            .map(|(snapshot, record, speakers)| {
+                status::from_state_dir(snapshot, record.as_deref(), &speakers, flags.lb_class)
             }),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -102,8 +102,9 @@ impl Controller {
     fn reload(&mut self) -> Result<(), StateDirError> {
         let started = Instant::now();
         let snapshot = read(&mut self.reader)?;
-        self.report_manifest_problems(&snapshot);
+        // The copies first: a one-shot reader that sees the problem recorded finds them.
         self.keep_last_good(&snapshot.held);
+        self.report_manifest_problems(&snapshot);
         let seen = first_seen(&snapshot);
         // Every object is there when each problem is a file kept at its last good version.
         let complete = snapshot

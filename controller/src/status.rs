@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use ferrolb_proto::api::annotations::IP_ALLOCATED_FROM_POOL;
 use ferrolb_proto::api::state::{
     CONTROLLER_HEARTBEAT, CONTROLLER_HEARTBEAT_MISSES, CONTROLLER_RECORD_PATH, ControllerRecord,
-    Snapshot,
+    Snapshot, SpeakerRecord,
 };
 use ferrolb_proto::api::{IPAddressPool, ServiceL2Status};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -61,6 +61,9 @@ pub struct Inputs {
     pub controller: Result<Heartbeat, String>,
     /// Manifests that could not be read (standalone), as this command read them.
     pub manifest_problems: Vec<String>,
+    /// How each speaker stands (standalone: `status/speakers/`), and what it says of the IPs it
+    /// does not answer for.
+    pub speakers: Vec<SpeakerRecord>,
 }
 
 /// One Service's line.
@@ -89,10 +92,22 @@ pub struct PoolRow {
     pub invalid: Option<String>,
 }
 
+/// One speaker's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeakerRow {
+    pub node: String,
+    pub quorum: String,
+    pub fenced: bool,
+    pub updated: Timestamp,
+    /// IPs the election gave it that it does not answer for.
+    pub problems: usize,
+}
+
 /// The whole view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
     pub controller: Result<Heartbeat, String>,
+    pub speakers: Vec<SpeakerRow>,
     pub manifest_problems: Vec<String>,
     pub services: Vec<ServiceRow>,
     pub pools: Vec<PoolRow>,
@@ -111,7 +126,31 @@ impl View {
             lb_class,
             controller,
             manifest_problems,
+            speakers,
         } = inputs;
+        // What a speaker says of an IP it does not answer for comes before the last event.
+        let mut warnings = warnings;
+        for speaker in &speakers {
+            for p in &speaker.problems {
+                warnings.insert(
+                    p.service.clone(),
+                    format!(
+                        "{}: not answered on node {}: {}: {}",
+                        p.reason, speaker.node, p.ip, p.detail
+                    ),
+                );
+            }
+        }
+        let speakers: Vec<SpeakerRow> = speakers
+            .iter()
+            .map(|r| SpeakerRow {
+                node: r.node.clone(),
+                quorum: r.quorum.clone(),
+                fenced: r.fenced,
+                updated: r.updated.0,
+                problems: r.problems.len(),
+            })
+            .collect();
         let mut reasons: BTreeMap<String, String> = BTreeMap::new();
         let mut reconciler = Reconciler::new(lb_class.clone());
         for action in reconciler.start(pools.clone(), namespaces, services.clone()) {
@@ -207,6 +246,7 @@ impl View {
             .collect();
         View {
             controller,
+            speakers,
             manifest_problems,
             services: rows,
             pools,
@@ -250,6 +290,39 @@ impl View {
             out.push_str("\nMANIFEST PROBLEMS\n");
             for problem in problems {
                 let _ = writeln!(out, "  ! {problem}");
+            }
+        }
+        if !self.speakers.is_empty() {
+            out.push_str("\nSPEAKERS\n");
+            let table: Vec<[String; 5]> = self
+                .speakers
+                .iter()
+                .map(|s| {
+                    [
+                        s.node.clone(),
+                        s.quorum.clone(),
+                        if s.fenced { "FENCED" } else { "-" }.to_owned(),
+                        s.problems.to_string(),
+                        since(s.updated, now),
+                    ]
+                })
+                .collect();
+            let header = ["NODE", "QUORUM", "FENCED", "UNANSWERED", "UPDATED"].map(str::to_owned);
+            write_table(&mut out, &header, &table);
+            for s in &self.speakers {
+                let why = match s.quorum.as_str() {
+                    "minority" => Some(
+                        "sees fewer than half of the speakers: keeps what it announces, takes nothing over",
+                    ),
+                    "unadmitted" => Some(
+                        "has met no other speaker (membership key? UDP 7946?): announces nothing",
+                    ),
+                    _ if s.fenced => Some("lost a link: announces nothing until a peer answers"),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    let _ = writeln!(out, "  ! {}: {why}", s.node);
+                }
             }
         }
         out.push_str("\nSERVICES (type LoadBalancer)\n");
@@ -386,6 +459,7 @@ fn since(at: Timestamp, now: Timestamp) -> String {
 pub fn from_state_dir(
     snapshot: Snapshot,
     record: Option<&str>,
+    speakers: &[String],
     lb_class: Option<String>,
 ) -> Inputs {
     let lasts = CONTROLLER_HEARTBEAT * CONTROLLER_HEARTBEAT_MISSES;
@@ -413,6 +487,11 @@ pub fn from_state_dir(
         lb_class,
         controller,
         manifest_problems: snapshot.problems.iter().map(ToString::to_string).collect(),
+        // A record that does not read is a speaker mid-write or a hand edit: left out.
+        speakers: speakers
+            .iter()
+            .filter_map(|text| serde_yaml_ng::from_str(text).ok())
+            .collect(),
     }
 }
 
@@ -467,6 +546,9 @@ pub async fn from_cluster(
         lb_class,
         controller,
         manifest_problems: Vec::new(),
+        // Speakers in a cluster tell through Events (IPConflict, SplitMembership,
+        // announceFailed), which `warnings` holds.
+        speakers: Vec::new(),
     })
 }
 
@@ -563,7 +645,7 @@ mod tests {
             ("status/l2/n1/demo/web.yaml", &old),
             ("status/l2/n2/demo/web.yaml", &new),
         ]);
-        let view = View::build(from_state_dir(snap, None, None));
+        let view = View::build(from_state_dir(snap, None, &[], None));
         let [api_row, web_row] = &view.services[..] else {
             panic!("{view:?}");
         };
@@ -599,7 +681,7 @@ mod tests {
             ("web.yaml", &web),
             ("status/services/demo/web.yaml", status),
         ]);
-        let view = View::build(from_state_dir(snap, None, None));
+        let view = View::build(from_state_dir(snap, None, &[], None));
         let text = view.render(Timestamp::now());
         assert!(text.contains("! demo/web: not announced"), "{text}");
         assert!(text.contains("no counters yet"), "{text}");
@@ -617,7 +699,7 @@ mod tests {
             )
         };
         let text = |record: Option<&str>, now: &str| {
-            View::build(from_state_dir(snap(), record, None)).render(now.parse().unwrap())
+            View::build(from_state_dir(snap(), record, &[], None)).render(now.parse().unwrap())
         };
 
         let never = text(None, "2025-01-01T10:00:05Z");

@@ -363,6 +363,8 @@ pub async fn record(
                 )
                 .await;
             }
+            // Events say the same per Service; the node's standing is in its metrics.
+            Report::Status(_) => {}
             Report::NoInterface {
                 service,
                 ip,

@@ -102,6 +102,67 @@ pub enum Report {
         ip: IpAddr,
         wanted: Vec<String>,
     },
+    /// How this node stands now (sent when it changes).
+    Status(NodeStatus),
+}
+
+/// How a node stands: how much of the cluster it sees, whether it is fenced, and the IPs the
+/// election gave it that it does not answer for, with why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub quorum: Option<Quorum>,
+    pub fenced: bool,
+    pub problems: Vec<Problem>,
+}
+
+/// An owned IP not answered, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub service: String,
+    pub ip: IpAddr,
+    /// `IPConflict`, `SplitMembership` or `NoInterface`, as the events say it.
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// The problems the wire shows for what this node owns: every owned IP held by another
+/// speaker's better claim, taken by a foreign host, or without an interface.
+pub fn problems(plan: &Plan, wire: &BTreeMap<IpAddr, Wire>) -> Vec<Problem> {
+    wire.iter()
+        .filter_map(|(ip, wire)| {
+            let intent = plan.owned.get(ip)?;
+            let (reason, detail) = match wire {
+                Wire::Held { by } => (
+                    "SplitMembership",
+                    format!(
+                        "another speaker of this cluster ({by}) answers it with a better standing: the membership is split; checking again"
+                    ),
+                ),
+                Wire::Conflicted { mac } => (
+                    "IPConflict",
+                    format!("another host ({mac}) answers for it; probing again later"),
+                ),
+                Wire::NoInterface => (
+                    "NoInterface",
+                    if intent.interfaces.is_empty() {
+                        "no interface of this node is eligible".to_owned()
+                    } else {
+                        format!(
+                            "none of the interfaces {:?} exists or is eligible on this node",
+                            intent.interfaces
+                        )
+                    },
+                ),
+                Wire::Answering { .. } | Wire::Probing | Wire::HandedOver => return None,
+            };
+            Some(Problem {
+                service: service_of(&plan.decisions, *ip),
+                ip: *ip,
+                reason,
+                detail,
+            })
+        })
+        .collect()
 }
 
 /// Settings of the loop.
@@ -412,6 +473,8 @@ struct Memory {
     admitted: bool,
     quorum: Option<Quorum>,
     fenced: bool,
+    /// What the backend was last told of how this node stands.
+    status: NodeStatus,
 }
 
 impl Memory {
@@ -445,6 +508,15 @@ impl Memory {
             let _ = reports.send(report);
         }
         metrics.set_announced(&self.recorded, me);
+        let status = NodeStatus {
+            quorum: self.quorum,
+            fenced: self.fenced,
+            problems: problems(&self.plan, &self.wire),
+        };
+        if status != self.status {
+            self.status = status.clone();
+            let _ = reports.send(Report::Status(status));
+        }
     }
 }
 

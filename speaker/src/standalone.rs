@@ -8,13 +8,16 @@ use std::sync::Arc;
 use ferrolb_daemon::shutdown::Shutdown;
 use ferrolb_daemon::statedir::{Reader, StateDir, StateDirError, Watch};
 use ferrolb_proto::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL, SERVICE_NAMESPACE_LABEL};
-use ferrolb_proto::api::state::{Snapshot, l2_status_dir, l2_status_path};
+use ferrolb_proto::api::state::{
+    Snapshot, SpeakerProblem, SpeakerRecord, l2_status_dir, l2_status_path, speaker_record_path,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use crate::node::{Cluster, Leftovers, Report, announced};
+use crate::node::{Cluster, Leftovers, NodeStatus, Report, announced};
 
 /// The cluster a snapshot describes.
 pub fn cluster(snapshot: Snapshot) -> Cluster {
@@ -104,7 +107,13 @@ pub async fn record(dir: StateDir, node: String, mut reports: mpsc::UnboundedRec
         let report = tokio::select! {
             report = reports.recv() => match report {
                 Some(report) => report,
-                None => return,
+                None => {
+                    // Stopped: nothing to stand for any more.
+                    if let Err(err) = dir.remove(&speaker_record_path(&node)) {
+                        tracing::debug!("removing this speaker's record: {err}");
+                    }
+                    return;
+                }
             },
             stale = leftovers.due() => {
                 for path in stale {
@@ -184,10 +193,38 @@ pub async fn record(dir: StateDir, node: String, mut reports: mpsc::UnboundedRec
                 tracing::warn!(%service, %ip, %mac, %iface, reason = "SplitMembership", "another speaker of this cluster claims {ip} too ({what}): the membership is split while the LAN is not");
                 Ok(())
             }
+            Report::Status(status) => {
+                let record = speaker_record(&node, &status);
+                let text = serde_yaml_ng::to_string(&record).unwrap_or_default();
+                dir.write_atomic(
+                    &speaker_record_path(&node),
+                    &format!("# Written by ferrolb-speaker on {node}; do not edit.\n{text}"),
+                )
+            }
         };
         if let Err(err) = result {
             tracing::error!("cannot record the announcement: {err}");
         }
+    }
+}
+
+/// The record of how `node` stands, as `ferrolb-controller status` reads it.
+fn speaker_record(node: &str, status: &NodeStatus) -> SpeakerRecord {
+    SpeakerRecord {
+        node: node.to_owned(),
+        quorum: status.quorum.map_or("unknown", |q| q.as_str()).to_owned(),
+        fenced: status.fenced,
+        updated: Time(Timestamp::now()),
+        problems: status
+            .problems
+            .iter()
+            .map(|p| SpeakerProblem {
+                service: p.service.clone(),
+                ip: p.ip.to_string(),
+                reason: p.reason.to_owned(),
+                detail: p.detail.clone(),
+            })
+            .collect(),
     }
 }
 

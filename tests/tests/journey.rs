@@ -800,3 +800,105 @@ fn a_broken_edit_of_the_serving_pool_keeps_it_and_says_so() {
     }
     reach(&journey, "demo/api", api_ip);
 }
+
+/// The speaker's metrics as its node serves them.
+fn speaker_metrics(node: &Host) -> String {
+    let out = node
+        .ns()
+        .exec(["curl", "-s", "-m", "2", "http://127.0.0.1:7473/metrics"])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Issue 19: what the status view, the records and `ferrolb_speaker_announced` say is what is
+/// on the wire. An IP another host holds, and one whose advertisement names an interface no
+/// node has, are not claimed as announced; the view says why, and each speaker's standing.
+#[test]
+fn the_status_says_what_is_not_on_the_wire_and_why() {
+    lab_or_skip!("arping", "curl", "nginx", "nft");
+    // A host outside FerroLB already uses 10.250.0.100.
+    let squatter = Ipv4Addr::new(10, 250, 0, 100);
+    let (_slot, mut journey) = stage(
+        Lab::builder().nodes(3).extra("squat", squatter),
+        &["10.250.0.100-10.250.0.101"],
+        &[],
+    );
+    // The default advertisement serves pool lan only; pool side's names an interface no node
+    // has.
+    journey
+        .install
+        .write(
+            "l2.yaml",
+            "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata:\n  name: l2\n  namespace: metallb-system\nspec:\n  ipAddressPools: [lan]\n",
+        )
+        .unwrap();
+    journey
+        .install
+        .write(
+            "l2-eth9.yaml",
+            "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata:\n  name: eth9\n  namespace: metallb-system\nspec:\n  ipAddressPools: [side]\n  interfaces: [eth9]\n",
+        )
+        .unwrap();
+    journey
+        .install
+        .write(
+            "pool-side.yaml",
+            &manifests::pool("side", &["10.250.0.120/32"])
+                .replace("spec:\n", "spec:\n  autoAssign: false\n"),
+        )
+        .unwrap();
+    let taken = add_service(&mut journey, &web());
+    assert_eq!(taken, IpAddr::V4(squatter));
+    let side = add_service(
+        &mut journey,
+        &manifests::service("demo", "side").annotation("metallb.io/address-pool", "side"),
+    );
+    let view = wait_view(&journey, "why neither Service is answered", |v| {
+        v.contains("demo/web: IPConflict: not answered on node")
+            && v.contains("demo/side: NoInterface: not answered on node")
+    });
+    println!("{view}");
+    assert!(view.contains("SPEAKERS"), "{view}");
+    assert!(
+        view.lines().filter(|l| l.contains("majority")).count() == 3,
+        "each speaker's standing:\n{view}"
+    );
+    for service in ["web", "side"] {
+        assert!(
+            journey.install.recorded_owners("demo", service).is_empty(),
+            "no record claims demo/{service} is announced"
+        );
+    }
+    for node in journey.lab.nodes() {
+        let metrics = speaker_metrics(node);
+        for ip in [taken, side] {
+            assert!(
+                !metrics
+                    .lines()
+                    .any(|l| l.starts_with("ferrolb_speaker_announced")
+                        && l.contains(&ip.to_string())),
+                "{}: ferrolb_speaker_announced claims {ip}:\n{metrics}",
+                node.name()
+            );
+        }
+    }
+    // The squatter leaves: the next probe finds the IP free; the view says who answers now.
+    let out = journey
+        .lab
+        .extra("squat")
+        .unwrap()
+        .ns()
+        .ip(["addr", "flush", "dev", "eth0"])
+        .unwrap();
+    assert!(out.status.success());
+    let owner = journey
+        .arp_owner("eth0", squatter, Duration::from_secs(20))
+        .unwrap()
+        .clone();
+    let view = wait_view(&journey, "the owner of demo/web", |v| {
+        v.lines()
+            .any(|l| l.contains("demo/web") && l.contains(owner.name()))
+            && !v.contains("demo/web: IPConflict")
+    });
+    assert!(view.contains("demo/side: NoInterface"), "{view}");
+}

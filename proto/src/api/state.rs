@@ -10,7 +10,8 @@
 //! would have stamped it). Reading overlays those on the user's objects, so user
 //! files keep their comments and a half-written status file cannot corrupt them. Each speaker
 //! records what it announces as a ServiceL2Status in `status/l2/<node>/<namespace>/<name>.yaml`
-//! (one directory per node, so speakers never write the same file).
+//! (one directory per node, so speakers never write the same file), and how it stands (its
+//! quorum, and why it answers for none of some IPs) in `status/speakers/<node>.yaml`.
 //!
 //! Reading files and watching the directory is each binary's thin shell; this is the pure core.
 
@@ -98,6 +99,42 @@ pub struct ControllerRecord {
     pub manifest_problems: Vec<String>,
 }
 
+/// The directory where each standalone speaker records how it stands, one file per node.
+pub const SPEAKERS_STATUS_DIR: &str = "status/speakers";
+
+/// Where the speaker of `node` records how it stands, relative to the state directory.
+pub fn speaker_record_path(node: &str) -> String {
+    format!("{SPEAKERS_STATUS_DIR}/{node}.yaml")
+}
+
+/// What a standalone speaker records about itself at [`speaker_record_path`]: how much of the
+/// cluster it sees, and why it answers for none of the IPs the election gave it, where it does
+/// not (what `ferrolb-controller status` shows beside a Service nobody answers for).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpeakerRecord {
+    pub node: String,
+    /// `majority`, `half`, `minority` or `unadmitted` (the speaker's `ferrolb_speaker_quorum`).
+    pub quorum: String,
+    /// It lost a link and announces nothing.
+    pub fenced: bool,
+    pub updated: Time,
+    #[serde(default)]
+    pub problems: Vec<SpeakerProblem>,
+}
+
+/// An IP the election gave a speaker that it does not answer for, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpeakerProblem {
+    /// `namespace/name`.
+    pub service: String,
+    pub ip: String,
+    /// `IPConflict`, `SplitMembership` or `NoInterface`.
+    pub reason: String,
+    pub detail: String,
+}
+
 /// Whether a relative path is one the controller writes (and user manifests must not be in).
 pub fn is_status_path(relative: &str) -> bool {
     relative == STATUS_DIR || relative.starts_with(&format!("{STATUS_DIR}/"))
@@ -111,6 +148,7 @@ pub fn is_manifest_path(relative: &str) -> bool {
         && (name.ends_with(".yaml") || name.ends_with(".yml"))
         && relative != CONTROLLER_RECORD_PATH
         && !relative.starts_with(&format!("{LAST_GOOD_DIR}/"))
+        && !relative.starts_with(&format!("{SPEAKERS_STATUS_DIR}/"))
 }
 
 /// Everything the directory says, with the problems found on the way. Objects are sorted by
@@ -506,6 +544,7 @@ mod tests {
                 && !is_manifest_path("x.json")
                 && !is_manifest_path(CONTROLLER_RECORD_PATH)
                 && !is_manifest_path(&last_good_path("pool.yaml"))
+                && !is_manifest_path(&speaker_record_path("n1"))
         );
     }
 }
