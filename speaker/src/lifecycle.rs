@@ -468,6 +468,12 @@ impl Lifecycle {
                 first.get_or_insert((iface.to_owned(), claim, speaker));
             }
             Phase::Announcing(_) => {
+                if leaving && speaker.is_some() {
+                    // The successor has announced: stations learn its MAC from that claim. A
+                    // hand-over, not a split: not counted.
+                    state.phase = Phase::HandedOver;
+                    return;
+                }
                 out.push(Effect::Claimed {
                     ip: claim.ip,
                     split: speaker.is_some(),
@@ -489,11 +495,6 @@ impl Lifecycle {
                     }));
                     return;
                 };
-                if leaving {
-                    // The successor has announced: stations learn its MAC from that claim.
-                    state.phase = Phase::HandedOver;
-                    return;
-                }
                 if better(theirs, claim.mac, state.intent.standing, ours) {
                     state.phase = Phase::Held {
                         by: claim.mac,
@@ -846,6 +847,8 @@ mod tests {
         answer: BTreeMap<String, OwnedIps>,
         wire: Option<Wire>,
         events: Vec<Event>,
+        /// Claim frames counted (conflicts and splits).
+        claimed: usize,
     }
 
     impl Node {
@@ -857,6 +860,7 @@ mod tests {
                 answer: BTreeMap::new(),
                 wire: None,
                 events: Vec::new(),
+                claimed: 0,
             };
             let links = vec![link("eth0", last)];
             node.apply(Input::Links(links), t0);
@@ -881,7 +885,7 @@ mod tests {
                     Effect::Answer(answer) => self.answer = answer,
                     Effect::Event(Event::Wire { wire, .. }) => self.wire = Some(wire),
                     Effect::Event(event) => self.events.push(event),
-                    Effect::Claimed { .. } => {}
+                    Effect::Claimed { .. } => self.claimed += 1,
                 }
             }
             frames
@@ -1043,6 +1047,10 @@ mod tests {
             n1.events.is_empty(),
             "no conflict reported: {:?}",
             n1.events
+        );
+        assert_eq!(
+            n1.claimed, 0,
+            "a hand-over counts as no split and no conflict"
         );
     }
 

@@ -341,6 +341,18 @@ fn a_cut_link_on_a_two_nic_owner_leaves_one_owner_per_segment() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (journey, vips) = stage(Lab::builder().nodes(3).second_segment(), 3, 1);
     let vip = vips[0];
+    // The owner's record names both interfaces it answers on (issue 19: it said `[]`).
+    let first = owner(&journey, vip);
+    let record = journey
+        .install
+        .dir()
+        .join(format!("status/l2/{}/demo/web0.yaml", first.name()));
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        text.contains("name: eth0") && text.contains("name: eth1"),
+        "{}:\n{text}",
+        record.display()
+    );
     for trial in 0..3 {
         let old = owner(&journey, vip);
         let old_eth1 = old.eth1().unwrap().mac;
