@@ -100,6 +100,19 @@ fn name_of(journey: &Journey, mac: MacAddr) -> String {
         .map_or_else(|| mac.to_string(), |n| n.name().to_owned())
 }
 
+/// Starts the speaker of node `name` again and waits until every speaker has met it.
+fn restart(journey: &mut Journey, name: &str) {
+    let i = journey
+        .lab
+        .nodes()
+        .iter()
+        .position(|n| n.name() == name)
+        .unwrap()
+        + 1;
+    journey.install.start_speaker(i).unwrap();
+    journey.install.wait_membership(MEMBERSHIP).unwrap();
+}
+
 /// The node answering ARP for `ip` on the client's eth0.
 fn owner(journey: &Journey, ip: Ipv4Addr) -> Host {
     journey.arp_owner("eth0", ip, ALLOCATE).unwrap().clone()
@@ -446,15 +459,7 @@ fn a_two_node_cluster_still_fails_over_and_a_hand_over_is_no_conflict() {
         !log.contains("IP conflict") && !log.contains("split:"),
         "a hand-over is no conflict:\n{log}"
     );
-    let i = journey
-        .lab
-        .nodes()
-        .iter()
-        .position(|n| n.name() == name)
-        .unwrap()
-        + 1;
-    journey.install.start_speaker(i).unwrap();
-    journey.install.wait_membership(MEMBERSHIP).unwrap();
+    restart(&mut journey, &name);
     // The IP returns to its first owner (it ranks first); then that owner crashes.
     journey
         .arp_until("eth0", vip, MEMBERSHIP, |m| m == first.mac())
@@ -502,15 +507,7 @@ fn a_stopped_speaker_exits_at_once_and_leaves_no_record() {
                     .contains(&node),
                 "{node} removed its record of demo/{service} before exiting"
             );
-            let i = journey
-                .lab
-                .nodes()
-                .iter()
-                .position(|n| n.name() == node)
-                .unwrap()
-                + 1;
-            journey.install.start_speaker(i).unwrap();
-            journey.install.wait_membership(MEMBERSHIP).unwrap();
+            restart(&mut journey, &node);
         }
     }
     exits.sort();
