@@ -91,7 +91,7 @@ impl CheckPlan {
 }
 
 /// Every timing the lifecycle follows.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Plans {
     pub probe: ProbePlan,
     pub check: CheckPlan,
@@ -553,7 +553,7 @@ impl Lifecycle {
 
     /// Advances one IP; true when its phase changed.
     fn tick_one(&mut self, ip: IpAddr, now: Instant, out: &mut Vec<Effect>) -> bool {
-        let plans = self.plans.clone();
+        let plans = self.plans;
         let Some(state) = self.ips.get(&ip) else {
             return false;
         };
