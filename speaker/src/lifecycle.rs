@@ -205,7 +205,7 @@ enum Phase {
         claim: Option<(String, Claim, Option<Standing>)>,
     },
     /// Per interface: its gratuitous schedule and the mark sealed for it.
-    Announcing(BTreeMap<String, (Burst, Option<Mark>)>),
+    Announcing(BTreeMap<String, OnIface>),
     Conflicted {
         mac: MacAddr,
         recheck_at: Instant,
@@ -216,6 +216,16 @@ enum Phase {
         backoff: Duration,
     },
     HandedOver,
+}
+
+/// An announced IP on one interface.
+#[derive(Debug)]
+struct OnIface {
+    burst: Burst,
+    mark: Option<Mark>,
+    /// What `mark` was sealed for: the interface's MAC and the node's standing. A change of
+    /// either (a new MAC, the Service's first IP changed) seals it again.
+    sealed_for: Option<(MacAddr, Standing)>,
 }
 
 #[derive(Debug)]
@@ -272,8 +282,8 @@ impl Lifecycle {
             Input::Reannounce => {
                 for state in self.ips.values_mut() {
                     if let Phase::Announcing(ifaces) = &mut state.phase {
-                        for (burst, _) in ifaces.values_mut() {
-                            *burst = Burst::new(now);
+                        for on in ifaces.values_mut() {
+                            on.burst = Burst::new(now);
                         }
                     }
                 }
@@ -305,7 +315,7 @@ impl Lifecycle {
                 }
                 Phase::Announcing(ifaces) => ifaces
                     .values()
-                    .filter_map(|(burst, _)| burst.next_due(&self.plans.gratuitous))
+                    .filter_map(|on| on.burst.next_due(&self.plans.gratuitous))
                     .min(),
                 Phase::Conflicted { recheck_at, .. } | Phase::Held { recheck_at, .. } => {
                     Some(*recheck_at)
@@ -338,8 +348,8 @@ impl Lifecycle {
         self.ips.retain(|ip, _| intents.contains_key(ip));
         for (ip, intent) in intents {
             match self.ips.get_mut(&ip) {
-                // A new standing (the Service's first IP changed) is sealed from the next
-                // announcement on; a new start mode only matters to an IP not yet owned.
+                // A new standing (the Service's first IP changed) is sealed again below; a new
+                // start mode only matters to an IP not yet owned.
                 Some(state) => state.intent = intent,
                 None => {
                     self.ips.insert(
@@ -399,8 +409,8 @@ impl Lifecycle {
             .collect()
     }
 
-    /// Gives an announcing IP a burst and a mark on each of its interfaces it lacks one on, and
-    /// drops those it left.
+    /// Gives an announcing IP a burst and a mark on each of its interfaces it lacks one on,
+    /// seals again a mark whose MAC or standing changed, and drops the interfaces it left.
     fn fill_bursts(&mut self, ip: IpAddr, now: Instant) {
         let Some(state) = self.ips.get(&ip) else {
             return;
@@ -408,11 +418,20 @@ impl Lifecycle {
         let Phase::Announcing(current) = &state.phase else {
             return;
         };
-        let missing: Vec<(String, Option<Mark>)> = state
+        let standing = state.intent.standing;
+        let sealed_for = |iface: &str| Some((self.mac_of(iface)?, standing?));
+        let stale: Vec<(String, Option<Mark>, Option<(MacAddr, Standing)>)> = state
             .ifaces
             .iter()
-            .filter(|iface| !current.contains_key(*iface))
-            .map(|iface| (iface.clone(), self.seal(iface, ip, state.intent.standing)))
+            .filter(|iface| {
+                current
+                    .get(*iface)
+                    .is_none_or(|on| on.sealed_for != sealed_for(iface))
+            })
+            .map(|iface| {
+                let mark = self.seal(iface, ip, standing);
+                (iface.clone(), mark, sealed_for(iface))
+            })
             .collect();
         let Some(state) = self.ips.get_mut(&ip) else {
             return;
@@ -420,8 +439,23 @@ impl Lifecycle {
         let ifaces = state.ifaces.clone();
         if let Phase::Announcing(current) = &mut state.phase {
             current.retain(|iface, _| ifaces.contains(iface));
-            for (iface, mark) in missing {
-                current.insert(iface, (Burst::new(now), mark));
+            for (iface, mark, sealed_for) in stale {
+                match current.get_mut(&iface) {
+                    Some(on) => {
+                        on.mark = mark;
+                        on.sealed_for = sealed_for;
+                    }
+                    None => {
+                        current.insert(
+                            iface,
+                            OnIface {
+                                burst: Burst::new(now),
+                                mark,
+                                sealed_for,
+                            },
+                        );
+                    }
+                }
             }
         }
     }
@@ -435,6 +469,8 @@ impl Lifecycle {
                 continue;
             };
             if state.ifaces == ifaces {
+                // A MAC or the standing may have changed all the same.
+                self.fill_bursts(ip, now);
                 continue;
             }
             let was_without = matches!(state.phase, Phase::NoInterface);
@@ -519,9 +555,9 @@ impl Lifecycle {
                 // Ours is the better claim: tell the stations again, on the interface where the
                 // other one was heard, so whoever learned its MAC comes back.
                 if let Phase::Announcing(ifaces) = &mut state.phase
-                    && let Some((burst, _)) = ifaces.get_mut(iface)
+                    && let Some(on) = ifaces.get_mut(iface)
                 {
-                    *burst = Burst::new(now);
+                    on.burst = Burst::new(now);
                 }
                 out.push(Effect::Event(Event::Split {
                     ip: claim.ip,
@@ -717,10 +753,10 @@ impl Lifecycle {
         if let Some(state) = self.ips.get_mut(&ip)
             && let Phase::Announcing(ifaces) = &mut state.phase
         {
-            for (iface, (burst, mark)) in ifaces.iter_mut() {
-                if burst.next_due(plan).is_some_and(|at| at <= now) {
-                    burst.mark_sent();
-                    due.push((iface.clone(), *mark));
+            for (iface, on) in ifaces.iter_mut() {
+                if on.burst.next_due(plan).is_some_and(|at| at <= now) {
+                    on.burst.mark_sent();
+                    due.push((iface.clone(), on.mark));
                 }
             }
         }
@@ -756,12 +792,12 @@ impl Lifecycle {
                     Wire::Probing
                 }
                 Phase::Announcing(ifaces) => {
-                    for (iface, (_, mark)) in ifaces {
+                    for (iface, on) in ifaces {
                         answer
                             .entry(iface.clone())
                             .or_default()
                             .answering
-                            .insert(*ip, *mark);
+                            .insert(*ip, on.mark);
                     }
                     Wire::Answering {
                         interfaces: ifaces.keys().cloned().collect(),
@@ -1092,6 +1128,33 @@ mod tests {
         assert!(
             owned.answering[&IpAddr::V4(VIP)].is_some(),
             "replies are marked too"
+        );
+    }
+
+    #[test]
+    fn a_new_standing_or_mac_seals_the_claims_again() {
+        let t0 = Instant::now();
+        let mut n1 = Node::new("n1", 1, Some(marker()), t0);
+        n1.own(Start::Now, t0);
+        let mark = |n: &Node| n.answer["eth0"].answering[&IpAddr::V4(VIP)].unwrap();
+        let first = mark(&n1);
+        // The Service's first IP changed: another election key, another standing.
+        let other = Standing::of("n1", ElectionKey("10.250.0.101".parse().unwrap()));
+        let intent = Intent {
+            interfaces: vec![],
+            start: Start::Now,
+            standing: Some(other),
+        };
+        n1.apply(Input::Owned([(VIP.into(), intent)].into()), t0 + MS);
+        assert_ne!(mark(&n1), first);
+        assert_eq!(marker().open(n1.mac, VIP.into(), &mark(&n1)), Some(other));
+        // The interface got another MAC.
+        let mut relinked = link("eth0", 1);
+        relinked.mac = Some(MacAddr([2, 0, 0, 0, 0, 0x41]));
+        n1.apply(Input::Links(vec![relinked]), t0 + MS * 2);
+        assert_eq!(
+            marker().open(MacAddr([2, 0, 0, 0, 0, 0x41]), VIP.into(), &mark(&n1)),
+            Some(other)
         );
     }
 
