@@ -420,7 +420,7 @@ impl Lifecycle {
         };
         let standing = state.intent.standing;
         let sealed_for = |iface: &str| Some((self.mac_of(iface)?, standing?));
-        let stale: Vec<(String, Option<Mark>, Option<(MacAddr, Standing)>)> = state
+        let stale: Vec<(String, OnIface)> = state
             .ifaces
             .iter()
             .filter(|iface| {
@@ -429,8 +429,12 @@ impl Lifecycle {
                     .is_none_or(|on| on.sealed_for != sealed_for(iface))
             })
             .map(|iface| {
-                let mark = self.seal(iface, ip, standing);
-                (iface.clone(), mark, sealed_for(iface))
+                let on = OnIface {
+                    burst: Burst::new(now),
+                    mark: self.seal(iface, ip, standing),
+                    sealed_for: sealed_for(iface),
+                };
+                (iface.clone(), on)
             })
             .collect();
         let Some(state) = self.ips.get_mut(&ip) else {
@@ -439,21 +443,15 @@ impl Lifecycle {
         let ifaces = state.ifaces.clone();
         if let Phase::Announcing(current) = &mut state.phase {
             current.retain(|iface, _| ifaces.contains(iface));
-            for (iface, mark, sealed_for) in stale {
+            for (iface, fresh) in stale {
                 match current.get_mut(&iface) {
+                    // Sealed again; the announcements keep their schedule.
                     Some(on) => {
-                        on.mark = mark;
-                        on.sealed_for = sealed_for;
+                        on.mark = fresh.mark;
+                        on.sealed_for = fresh.sealed_for;
                     }
                     None => {
-                        current.insert(
-                            iface,
-                            OnIface {
-                                burst: Burst::new(now),
-                                mark,
-                                sealed_for,
-                            },
-                        );
+                        current.insert(iface, fresh);
                     }
                 }
             }
