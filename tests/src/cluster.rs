@@ -680,9 +680,11 @@ impl<'p> Cluster<'p> {
 
     /// A Node object, Ready, with the address as InternalIP.
     pub fn create_node(&mut self, name: &str, ip: IpAddr) -> Result<()> {
+        // The kubelet's hostname label is the short host name (a label value: 63 characters).
+        let hostname: String = name.split('.').next().unwrap_or(name).chars().take(63).collect();
         let node = json!({
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": hostname, "kubernetes.io/os": "linux"}},
         });
         self.apply(node)?;
         let status = json!({"status": {
