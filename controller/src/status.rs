@@ -453,10 +453,7 @@ pub async fn from_cluster(
         .map(|l| l.items)
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| {
-            e.type_.as_deref() == Some("Warning")
-                && e.involved_object.kind.as_deref() == Some("Service")
-        })
+        .filter(|e| e.involved_object.kind.as_deref() == Some("Service"))
         .collect();
     Ok(Inputs {
         pools,
@@ -497,30 +494,39 @@ fn leader(lease: Result<Option<Lease>, kube::Error>, name: &str) -> Result<Heart
     }
 }
 
-/// The latest Warning per Service: `reason: message`.
+/// Per Service, its latest event when that is a Warning (`reason: message`): a problem that a
+/// later Normal event (IPAllocated, nodeAssigned) followed is resolved, and not shown.
 fn latest_warnings(events: &[Event]) -> BTreeMap<String, String> {
-    let mut latest: BTreeMap<String, (Option<Timestamp>, String)> = BTreeMap::new();
+    let mut latest: BTreeMap<String, (Option<Timestamp>, Option<String>)> = BTreeMap::new();
     for event in events {
         let object = &event.involved_object;
         let (Some(ns), Some(name)) = (&object.namespace, &object.name) else {
             continue;
         };
+        // events.k8s.io Events (FerroLB's) have only eventTime; core ones the timestamps.
         let at = event
-            .last_timestamp
+            .series
             .as_ref()
-            .or(event.first_timestamp.as_ref())
-            .map(|t| t.0);
-        let text = format!(
-            "{}: {}",
-            event.reason.as_deref().unwrap_or("Warning"),
-            event.message.as_deref().unwrap_or("")
-        );
+            .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+            .or(event.last_timestamp.as_ref().map(|t| t.0))
+            .or(event.event_time.as_ref().map(|t| t.0))
+            .or(event.first_timestamp.as_ref().map(|t| t.0));
+        let text = (event.type_.as_deref() == Some("Warning")).then(|| {
+            format!(
+                "{}: {}",
+                event.reason.as_deref().unwrap_or("Warning"),
+                event.message.as_deref().unwrap_or("")
+            )
+        });
         let key = format!("{ns}/{name}");
         if latest.get(&key).is_none_or(|(seen, _)| at >= *seen) {
             latest.insert(key, (at, text));
         }
     }
-    latest.into_iter().map(|(k, (_, text))| (k, text)).collect()
+    latest
+        .into_iter()
+        .filter_map(|(k, (_, text))| Some((k, text?)))
+        .collect()
 }
 
 #[cfg(test)]

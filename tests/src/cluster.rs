@@ -66,10 +66,12 @@ pub fn helm() -> Result<PathBuf> {
 pub fn render(release: &str, namespace: &str, set: &[String]) -> Result<Vec<Value>> {
     let helm = helm()?;
     let mut command = Command::new(&helm);
-    command
-        .args(["template", release])
-        .arg(chart_dir())
-        .args(["--namespace", namespace, "--kube-version", KUBE_VERSION]);
+    command.args(["template", release]).arg(chart_dir()).args([
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBE_VERSION,
+    ]);
     for value in set {
         command.args(["--set", value]);
     }
@@ -182,7 +184,10 @@ pub async fn delete(client: &Client, object: &Value) -> Result<()> {
         (Scope::Namespaced, None) => return Ok(()),
         (Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
     };
-    match api.delete(&object.name_any(), &DeleteParams::default()).await {
+    match api
+        .delete(&object.name_any(), &DeleteParams::default())
+        .await
+    {
         Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
         Err(err) => Err(api_error(format!("delete {}", object.name_any()))(err)),
     }
@@ -258,7 +263,10 @@ pub async fn rules(client: &Client, namespace: &str) -> Result<BTreeSet<(String,
         "kind": "SelfSubjectRulesReview",
         "spec": {"namespace": namespace},
     });
-    let request = http_request("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", &review)?;
+    let request = http_request(
+        "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+        &review,
+    )?;
     let answer: Value = client
         .request(request)
         .await
@@ -329,7 +337,10 @@ impl Release {
 
     /// The controller's Lease name, as the chart passes it (FERROLB_LEASE_NAME).
     pub fn lease(&self) -> Option<String> {
-        env_value(self.container("Deployment", "controller")?, "FERROLB_LEASE_NAME")
+        env_value(
+            self.container("Deployment", "controller")?,
+            "FERROLB_LEASE_NAME",
+        )
     }
 
     fn container(&self, kind: &str, name: &str) -> Option<&Value> {
@@ -371,9 +382,14 @@ impl Release {
             let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
             let value = if let Some(v) = var.get("value").and_then(Value::as_str) {
                 expand(v, &env)
-            } else if let Some(path) = var.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
+            } else if let Some(path) = var
+                .pointer("/valueFrom/fieldRef/fieldPath")
+                .and_then(Value::as_str)
+            {
                 fields.get(path).cloned().ok_or_else(|| {
-                    LabError::Spec(format!("{container} env {name}: field {path} not filled in"))
+                    LabError::Spec(format!(
+                        "{container} env {name}: field {path} not filled in"
+                    ))
                 })?
             } else {
                 return Err(LabError::Spec(format!(
@@ -445,7 +461,9 @@ pub fn install(
             .iter()
             .find(|a| a.ends_with(component))
             .cloned()
-            .ok_or_else(|| LabError::Spec(format!("the chart renders no {component} ServiceAccount")))
+            .ok_or_else(|| {
+                LabError::Spec(format!("the chart renders no {component} ServiceAccount"))
+            })
     };
     let (controller_account, speaker_account) = (account("controller")?, account("speaker")?);
     std::fs::create_dir_all(dir).map_err(|source| LabError::Io {
@@ -643,18 +661,26 @@ impl<'p> Cluster<'p> {
 
     /// Extra environment for speakers started from now on (a flag's variable).
     pub fn speaker_env(&mut self, env: &[(&str, &str)]) {
-        self.extra_speaker_env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        self.extra_speaker_env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
     }
 
     /// Extra environment for controllers started from now on.
     pub fn controller_env(&mut self, env: &[(&str, &str)]) {
-        self.extra_controller_env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        self.extra_controller_env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
     }
 
     /// Applies an object as the admin and removes it at the end.
     pub fn apply(&mut self, object: Value) -> Result<DynamicObject> {
         let stored = self.plane.block_on(apply(&self.plane.admin(), &object))?;
-        if let Some(ns) = object.pointer("/metadata/namespace").and_then(Value::as_str)
+        if let Some(ns) = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
             && ns != self.release.namespace
         {
             self.app_namespaces.insert(ns.to_owned());
@@ -681,7 +707,13 @@ impl<'p> Cluster<'p> {
     /// A Node object, Ready, with the address as InternalIP.
     pub fn create_node(&mut self, name: &str, ip: IpAddr) -> Result<()> {
         // The kubelet's hostname label is the short host name (a label value: 63 characters).
-        let hostname: String = name.split('.').next().unwrap_or(name).chars().take(63).collect();
+        let hostname: String = name
+            .split('.')
+            .next()
+            .unwrap_or(name)
+            .chars()
+            .take(63)
+            .collect();
         let node = json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": hostname, "kubernetes.io/os": "linux"}},
@@ -777,13 +809,25 @@ impl<'p> Cluster<'p> {
         ]);
         let mut env = self.release.environment("DaemonSet", "speaker", &fields)?;
         // The Secret the DaemonSet mounts, as a file of the test's.
-        set_env(&mut env, "FERROLB_MEMBERSHIP_KEY_FILE", &self.key_file.display().to_string());
-        set_env(&mut env, "KUBECONFIG", &self.release.speaker_kubeconfig.display().to_string());
+        set_env(
+            &mut env,
+            "FERROLB_MEMBERSHIP_KEY_FILE",
+            &self.key_file.display().to_string(),
+        );
+        set_env(
+            &mut env,
+            "KUBECONFIG",
+            &self.release.speaker_kubeconfig.display().to_string(),
+        );
         for (k, v) in self.extra_speaker_env.clone() {
             set_env(&mut env, &k, &v);
         }
         let bin = binary("ferrolb-speaker")?;
-        let process = spawn_with_env(&node.host, &env, &[bin.display().to_string(), "run".to_owned()])?;
+        let process = spawn_with_env(
+            &node.host,
+            &env,
+            &[bin.display().to_string(), "run".to_owned()],
+        )?;
         self.speakers.insert(node.name.clone(), process);
         Ok(())
     }
@@ -799,10 +843,19 @@ impl<'p> Cluster<'p> {
         self.relay(&node.host)?;
         let fields = BTreeMap::from([
             ("metadata.namespace", self.release.namespace.clone()),
-            ("metadata.name", format!("{}-controller-{id}", self.release.name)),
+            (
+                "metadata.name",
+                format!("{}-controller-{id}", self.release.name),
+            ),
         ]);
-        let mut env = self.release.environment("Deployment", "controller", &fields)?;
-        set_env(&mut env, "KUBECONFIG", &self.release.controller_kubeconfig.display().to_string());
+        let mut env = self
+            .release
+            .environment("Deployment", "controller", &fields)?;
+        set_env(
+            &mut env,
+            "KUBECONFIG",
+            &self.release.controller_kubeconfig.display().to_string(),
+        );
         for (k, v) in self.extra_controller_env.clone() {
             set_env(&mut env, &k, &v);
         }
@@ -837,7 +890,10 @@ impl<'p> Cluster<'p> {
             .controllers
             .remove(id)
             .ok_or_else(|| LabError::Spec(format!("no controller {id} runs")))?;
-        self.logs.push((format!("controller {id}"), process.log().unwrap_or_default()));
+        self.logs.push((
+            format!("controller {id}"),
+            process.log().unwrap_or_default(),
+        ));
         Ok(process)
     }
 
@@ -846,7 +902,8 @@ impl<'p> Cluster<'p> {
             .speakers
             .remove(node)
             .ok_or_else(|| LabError::Spec(format!("no speaker runs on {node}")))?;
-        self.logs.push((format!("speaker {node}"), process.log().unwrap_or_default()));
+        self.logs
+            .push((format!("speaker {node}"), process.log().unwrap_or_default()));
         Ok(process)
     }
 
@@ -965,7 +1022,12 @@ impl<'p> Cluster<'p> {
 
     /// The ServiceL2Status records of the install, as (node, service) pairs.
     pub fn l2_records(&self) -> Vec<(String, String, Value)> {
-        let resource = resource("metallb.io", "v1beta1", "ServiceL2Status", "servicel2statuses");
+        let resource = resource(
+            "metallb.io",
+            "v1beta1",
+            "ServiceL2Status",
+            "servicel2statuses",
+        );
         self.list(&resource, Some(&self.release.namespace))
             .into_iter()
             .filter_map(|o| {
@@ -994,15 +1056,24 @@ impl<'p> Cluster<'p> {
     /// `forbidden`.
     pub fn forbidden(&self) -> Vec<String> {
         let mut found = Vec::new();
-        for account in [&self.release.controller_account, &self.release.speaker_account] {
+        for account in [
+            &self.release.controller_account,
+            &self.release.speaker_account,
+        ] {
             for entry in audit(self.plane, &self.release.user(account)) {
                 if entry.code == 403 {
-                    found.push(format!("audit: {account} {} {}/{} {:?}: 403", entry.verb, entry.group, entry.resource, entry.name));
+                    found.push(format!(
+                        "audit: {account} {} {}/{} {:?}: 403",
+                        entry.verb, entry.group, entry.resource, entry.name
+                    ));
                 }
             }
         }
         for (who, log) in self.logs() {
-            for line in log.lines().filter(|l| l.to_ascii_lowercase().contains("forbidden")) {
+            for line in log
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
+            {
                 found.push(format!("{who}: {line}"));
             }
         }
@@ -1052,7 +1123,12 @@ impl<'p> Cluster<'p> {
             for doc in rendered.iter().filter(|d| {
                 matches!(
                     d.get("kind").and_then(Value::as_str),
-                    Some("ClusterRole" | "ClusterRoleBinding" | "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding")
+                    Some(
+                        "ClusterRole"
+                            | "ClusterRoleBinding"
+                            | "ValidatingAdmissionPolicy"
+                            | "ValidatingAdmissionPolicyBinding"
+                    )
                 )
             }) {
                 let _ = delete(&admin, doc).await;
@@ -1082,7 +1158,11 @@ fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
 
 /// `env -i K=V... argv` in the host's namespace: only the pod's environment (and PATH).
 fn spawn_with_env(host: &Host, env: &[(String, String)], argv: &[String]) -> Result<Background> {
-    let mut full = vec!["env".to_owned(), "-i".to_owned(), "PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
+    let mut full = vec![
+        "env".to_owned(),
+        "-i".to_owned(),
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+    ];
     if let Ok(rust_log) = std::env::var("RUST_LOG") {
         full.push(format!("RUST_LOG={rust_log}"));
     }

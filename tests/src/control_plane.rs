@@ -63,7 +63,8 @@ impl Assets {
         let dir = match std::env::var_os(ASSETS_ENV) {
             Some(dir) => PathBuf::from(dir),
             None => {
-                let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/kube/install");
+                let install =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/kube/install");
                 if !install.is_file() {
                     return Err(LabError::Spec(format!(
                         "no Kubernetes test servers: {ASSETS_ENV} is not set and {} does not exist",
@@ -228,7 +229,11 @@ impl ControlPlane {
         } else {
             std::env::temp_dir()
         };
-        let dir = base.join(format!("{DIR_PREFIX}{}-{}", std::process::id(), free_port()?));
+        let dir = base.join(format!(
+            "{DIR_PREFIX}{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
         std::fs::create_dir_all(&dir).map_err(|source| LabError::Io {
             context: format!("creating {}", dir.display()),
             source,
@@ -569,7 +574,9 @@ fn wait_ready(dir: &Path, port: u16, servers: &mut [Server]) -> Result<()> {
                 namespace: "host".to_owned(),
                 reason: format!(
                     "not ready at {url} within {READY_TIMEOUT:?}{}; etcd log tail:\n{}\napiserver log tail:\n{}",
-                    exited.map(|name| format!(" ({name} exited)")).unwrap_or_default(),
+                    exited
+                        .map(|name| format!(" ({name} exited)"))
+                        .unwrap_or_default(),
                     tail(&read("etcd"), 20),
                     tail(&read("kube-apiserver"), 40)
                 ),
@@ -619,12 +626,27 @@ fn pki(dir: &Path) -> Result<()> {
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
     )?;
     openssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-        "-days", "2", "-subj", "/CN=ferrolb-test-ca",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ferrolb-test-ca",
     ])?;
     for (name, subject, ext) in [
         ("serving", "/CN=kube-apiserver", "serving.ext"),
-        ("admin", "/O=system:masters/CN=ferrolb-test-admin", "client.ext"),
+        (
+            "admin",
+            "/O=system:masters/CN=ferrolb-test-admin",
+            "client.ext",
+        ),
         ("kcm", "/CN=system:kube-controller-manager", "client.ext"),
     ] {
         let (key, csr, crt) = (
@@ -633,12 +655,24 @@ fn pki(dir: &Path) -> Result<()> {
             format!("{name}.crt"),
         );
         openssl(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
-            subject,
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
         ])?;
         openssl(&[
-            "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", &crt, "-days", "2", "-extfile", ext,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
         ])?;
     }
     openssl(&["genrsa", "-out", "sa.key", "2048"])?;

@@ -53,7 +53,6 @@ macro_rules! tier_or_skip {
     }};
 }
 
-
 fn pool(namespace: &str, name: &str, addresses: &[&str]) -> Value {
     json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
         "metadata": {"name": name, "namespace": namespace},
@@ -101,14 +100,24 @@ fn ip(text: &str) -> IpAddr {
 
 /// The test's lab of `nodes` nodes and FerroLB installed as release `release` in `namespace`,
 /// nodes named `<namespace>-n<i>`.
-fn stage<'p>(plane: &'p ControlPlane, lab: &Lab, release: &str, namespace: &str, set: &[&str]) -> Cluster<'p> {
+fn stage<'p>(
+    plane: &'p ControlPlane,
+    lab: &Lab,
+    release: &str,
+    namespace: &str,
+    set: &[&str],
+) -> Cluster<'p> {
     let set: Vec<String> = set.iter().map(|s| (*s).to_owned()).collect();
     Cluster::new(plane, lab, release, namespace, &set, namespace).unwrap()
 }
 
 fn no_forbidden(cluster: &Cluster) {
     let forbidden = cluster.forbidden();
-    assert!(forbidden.is_empty(), "requests refused, or `forbidden` in the logs:\n{}", forbidden.join("\n"));
+    assert!(
+        forbidden.is_empty(),
+        "requests refused, or `forbidden` in the logs:\n{}",
+        forbidden.join("\n")
+    );
 }
 
 /// The (group, resource, verb) an account used over the run, from the audit log.
@@ -123,14 +132,23 @@ fn used(cluster: &Cluster, account: &str) -> BTreeSet<(String, String, String)> 
 /// user may (self reviews, discovery).
 fn granted(cluster: &Cluster, account: &str) -> BTreeSet<(String, String, String)> {
     let plane = cluster.plane;
-    let token = plane.block_on(cluster::token(&plane.admin(), cluster.namespace(), account)).unwrap();
+    let token = plane
+        .block_on(cluster::token(&plane.admin(), cluster.namespace(), account))
+        .unwrap();
     let path = cluster.dir().join(format!("{account}-host.kubeconfig"));
     std::fs::write(
         &path,
-        ferrolb_e2e::control_plane::token_kubeconfig(&format!("https://{}", plane.address()), &plane.ca_file(), account, &token),
+        ferrolb_e2e::control_plane::token_kubeconfig(
+            &format!("https://{}", plane.address()),
+            &plane.ca_file(),
+            account,
+            &token,
+        ),
     )
     .unwrap();
-    let client = plane.block_on(ferrolb_e2e::control_plane::client_from(&path)).unwrap();
+    let client = plane
+        .block_on(ferrolb_e2e::control_plane::client_from(&path))
+        .unwrap();
     plane
         .block_on(cluster::rules(&client, cluster.namespace()))
         .unwrap()
@@ -150,53 +168,93 @@ fn the_chart_grants_what_the_code_uses_and_nothing_is_refused() {
     let apps = "rbac-apps";
     let mut cluster = stage(plane, &lab, "ferrolb", ns, &[]);
     cluster.app_namespace(apps).unwrap();
-    cluster.apply(pool(ns, "lan", &["10.250.0.100-10.250.0.110"])).unwrap();
+    cluster
+        .apply(pool(ns, "lan", &["10.250.0.100-10.250.0.110"]))
+        .unwrap();
     cluster.apply(l2(ns, "l2", json!({}))).unwrap();
     cluster.start_speakers().unwrap();
     cluster.wait_membership(Duration::from_secs(20)).unwrap();
     cluster.start_controller("a", 1).unwrap();
     let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
     cluster.apply(service(apps, "web", None)).unwrap();
-    cluster.apply(endpoints(apps, "web", &nodes[0], ip("10.250.0.50"))).unwrap();
-    cluster.apply(endpoints(apps, "web", &nodes[1], ip("10.250.0.51"))).unwrap();
+    cluster
+        .apply(endpoints(apps, "web", &nodes[0], ip("10.250.0.50")))
+        .unwrap();
+    cluster
+        .apply(endpoints(apps, "web", &nodes[1], ip("10.250.0.51")))
+        .unwrap();
     let ips = wait_ips(&cluster, apps, "web");
     cluster
         .wait("a ServiceL2Status for rbac-apps/web", ALLOCATE, |c| {
-            (c.l2_records().iter().filter(|(_, s, _)| s == "rbac-apps/web").count() == 1).then_some(())
+            (c.l2_records()
+                .iter()
+                .filter(|(_, s, _)| s == "rbac-apps/web")
+                .count()
+                == 1)
+                .then_some(())
         })
         .unwrap();
     // A restart of both kinds: the controller reads its Lease back and renews it, a speaker
     // takes its record over.
     cluster.stop_controller("a").unwrap();
     cluster.start_controller("b", 2).unwrap();
-    let owner = cluster.l2_records().into_iter().find(|(_, s, _)| s == "rbac-apps/web").unwrap().0;
+    let owner = cluster
+        .l2_records()
+        .into_iter()
+        .find(|(_, s, _)| s == "rbac-apps/web")
+        .unwrap()
+        .0;
     let i = nodes.iter().position(|n| *n == owner).unwrap() + 1;
     cluster.kill_speaker(&owner).unwrap();
     cluster.start_speaker(i).unwrap();
     cluster
         .wait("the controller leading again", ALLOCATE, |c| {
-            c.controller("b")?.log().ok()?.contains("leading: allocating").then_some(())
+            c.controller("b")?
+                .log()
+                .ok()?
+                .contains("leading: allocating")
+                .then_some(())
         })
         .unwrap();
-    assert_eq!(cluster.service_ips(apps, "web"), ips, "a restart changes no IP");
+    assert_eq!(
+        cluster.service_ips(apps, "web"),
+        ips,
+        "a restart changes no IP"
+    );
     // Withdrawn on deletion.
-    let services: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(cluster.admin(), apps);
-    plane.block_on(services.delete("web", &Default::default())).unwrap();
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(cluster.admin(), apps);
+    plane
+        .block_on(services.delete("web", &Default::default()))
+        .unwrap();
     cluster
         .wait("no ServiceL2Status left for rbac-apps/web", ALLOCATE, |c| {
-            c.l2_records().iter().all(|(_, s, _)| s != "rbac-apps/web").then_some(())
+            c.l2_records()
+                .iter()
+                .all(|(_, s, _)| s != "rbac-apps/web")
+                .then_some(())
         })
         .unwrap();
     no_forbidden(&cluster);
-    for account in [cluster.release.controller_account.clone(), cluster.release.speaker_account.clone()] {
+    for account in [
+        cluster.release.controller_account.clone(),
+        cluster.release.speaker_account.clone(),
+    ] {
         let used = used(&cluster, &account);
-        let unused: Vec<_> = granted(&cluster, &account).difference(&used).cloned().collect();
-        assert!(unused.is_empty(), "{account} is granted, and never used: {unused:?}\nused: {used:?}");
+        let unused: Vec<_> = granted(&cluster, &account)
+            .difference(&used)
+            .cloned()
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "{account} is granted, and never used: {unused:?}\nused: {used:?}"
+        );
     }
 }
 
 fn patch_service_status(cluster: &Cluster, namespace: &str, name: &str, ips: &[&str]) {
-    let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(cluster.admin(), namespace);
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(cluster.admin(), namespace);
     let ingress: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
     let body = json!({"status": {"loadBalancer": {"ingress": ingress}}});
     cluster
@@ -222,22 +280,43 @@ fn controllers_of_two_classes_share_a_namespace_without_a_fight() {
     let lab = Lab::builder().nodes(2).build().unwrap();
     let ns = "classes";
     let apps = "classes-apps";
-    let mut foo = stage(plane, &lab, "foo", ns, &["loadBalancerClass=example.com/foo"]);
+    let mut foo = stage(
+        plane,
+        &lab,
+        "foo",
+        ns,
+        &["loadBalancerClass=example.com/foo"],
+    );
     foo.app_namespace(apps).unwrap();
-    foo.apply(pool(ns, "shared", &["10.250.0.100-10.250.0.101"])).unwrap();
+    foo.apply(pool(ns, "shared", &["10.250.0.100-10.250.0.101"]))
+        .unwrap();
     // MetalLB (or a default FerroLB) already served this one.
     let mut theirs = service(apps, "theirs", None);
     theirs["metadata"]["annotations"] = json!({"metallb.io/ip-allocated-from-pool": "shared"});
     foo.apply(theirs).unwrap();
     patch_service_status(&foo, apps, "theirs", &["10.250.0.100"]);
     foo.start_controller("foo", 1).unwrap();
-    foo.apply(service(apps, "mine", Some("example.com/foo"))).unwrap();
+    foo.apply(service(apps, "mine", Some("example.com/foo")))
+        .unwrap();
     let mine = wait_ips(&foo, apps, "mine");
-    assert_eq!(mine, [ip("10.250.0.101")], "the address a Service of another class holds is taken");
-    let theirs = foo.service(apps, "theirs").unwrap();
-    assert_eq!(foo.service_ips(apps, "theirs"), [ip("10.250.0.100")], "another class's status is left alone");
     assert_eq!(
-        theirs.metadata.annotations.unwrap_or_default().get("metallb.io/ip-allocated-from-pool").map(String::as_str),
+        mine,
+        [ip("10.250.0.101")],
+        "the address a Service of another class holds is taken"
+    );
+    let theirs = foo.service(apps, "theirs").unwrap();
+    assert_eq!(
+        foo.service_ips(apps, "theirs"),
+        [ip("10.250.0.100")],
+        "another class's status is left alone"
+    );
+    assert_eq!(
+        theirs
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("metallb.io/ip-allocated-from-pool")
+            .map(String::as_str),
         Some("shared"),
         "another class's annotation is left alone"
     );
@@ -246,32 +325,59 @@ fn controllers_of_two_classes_share_a_namespace_without_a_fight() {
         .into_iter()
         .filter(|e| e.resource.starts_with("services") && e.name.as_deref() == Some("theirs"))
         .collect();
-    assert!(touched.is_empty(), "the foo controller wrote a default-class Service: {touched:?}");
+    assert!(
+        touched.is_empty(),
+        "the foo controller wrote a default-class Service: {touched:?}"
+    );
 
     // A default install beside it, in the same namespace: its own Lease, and both settle.
     let set = [];
     let default = Cluster::new(plane, &lab, "ferrolb", ns, &set, "classes-default").unwrap();
-    assert_ne!(default.release.lease(), foo.release.lease(), "two releases, two Leases");
+    assert_ne!(
+        default.release.lease(),
+        foo.release.lease(),
+        "two releases, two Leases"
+    );
     let mut default = default;
     default.start_controller("default", 2).unwrap();
     default
         .wait("the default release's controller leading", ALLOCATE, |c| {
-            c.controller("default")?.log().ok()?.contains("leading: allocating").then_some(())
+            c.controller("default")?
+                .log()
+                .ok()?
+                .contains("leading: allocating")
+                .then_some(())
         })
         .unwrap();
     default.apply(service(apps, "plain", None)).unwrap();
     std::thread::sleep(Duration::from_secs(2)); // settling: the count below is what follows
     let (a, b) = (
         cluster::audit(plane, &foo.release.user(&foo.release.controller_account)).len(),
-        cluster::audit(plane, &default.release.user(&default.release.controller_account)).len(),
+        cluster::audit(
+            plane,
+            &default.release.user(&default.release.controller_account),
+        )
+        .len(),
     );
     std::thread::sleep(Duration::from_secs(3));
     let later: Vec<_> = writes_by(&foo, &foo.release.controller_account.clone(), a)
         .into_iter()
-        .chain(writes_by(&default, &default.release.controller_account.clone(), b))
+        .chain(writes_by(
+            &default,
+            &default.release.controller_account.clone(),
+            b,
+        ))
         .collect();
-    assert!(later.len() <= 2, "the two controllers keep writing: {} writes in 3 s: {later:?}", later.len());
-    assert_eq!(default.service_ips(apps, "plain"), Vec::<IpAddr>::new(), "the pool is full: .100 is theirs, .101 mine");
+    assert!(
+        later.len() <= 2,
+        "the two controllers keep writing: {} writes in 3 s: {later:?}",
+        later.len()
+    );
+    assert_eq!(
+        default.service_ips(apps, "plain"),
+        Vec::<IpAddr>::new(),
+        "the pool is full: .100 is theirs, .101 mine"
+    );
     assert_eq!(foo.service_ips(apps, "theirs"), [ip("10.250.0.100")]);
     assert_eq!(foo.service_ips(apps, "mine"), [ip("10.250.0.101")]);
     no_forbidden(&foo);
@@ -285,37 +391,63 @@ fn a_stopped_leader_hands_over_at_once_and_a_killed_one_within_the_lease() {
     let (_serial, plane) = tier_or_skip!();
     let lab = Lab::builder().nodes(2).build().unwrap();
     let ns = "lease";
-    let mut cluster = stage(plane, &lab, "ferrolb", ns, &["controller.leaderElection.leaseDurationSeconds=4"]);
+    let mut cluster = stage(
+        plane,
+        &lab,
+        "ferrolb",
+        ns,
+        &["controller.leaderElection.leaseDurationSeconds=4"],
+    );
     cluster.start_controller("a", 1).unwrap();
     let leader = |c: &Cluster| -> Option<String> {
-        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(c.admin(), c.namespace());
-        let lease = c.plane.block_on(leases.get_opt(&c.release.lease()?)).ok()??;
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(c.admin(), c.namespace());
+        let lease = c
+            .plane
+            .block_on(leases.get_opt(&c.release.lease()?))
+            .ok()??;
         lease.spec?.holder_identity.filter(|h| !h.is_empty())
     };
     let first = cluster.wait("a leader", ALLOCATE, leader).unwrap();
     assert_eq!(first, "ferrolb-controller-a");
     cluster.start_controller("b", 2).unwrap();
     cluster
-        .wait("b standing by", ALLOCATE, |c| c.controller("b")?.log().ok()?.contains("serving /metrics").then_some(()))
+        .wait("b standing by", ALLOCATE, |c| {
+            c.controller("b")?
+                .log()
+                .ok()?
+                .contains("serving /metrics")
+                .then_some(())
+        })
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let stopped = Instant::now();
     cluster.stop_controller("a").unwrap();
     cluster
-        .wait("b leading", Duration::from_secs(20), |c| (leader(c)? == "ferrolb-controller-b").then_some(()))
+        .wait("b leading", Duration::from_secs(20), |c| {
+            (leader(c)? == "ferrolb-controller-b").then_some(())
+        })
         .unwrap();
     let handover = stopped.elapsed();
-    assert!(handover < Duration::from_secs(3), "a stopped leader's Lease was taken over after {handover:?}");
+    assert!(
+        handover < Duration::from_secs(3),
+        "a stopped leader's Lease was taken over after {handover:?}"
+    );
     cluster.start_controller("a", 1).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let killed = Instant::now();
     cluster.kill_controller("b").unwrap();
     cluster
-        .wait("a leading again", Duration::from_secs(30), |c| (leader(c)? == "ferrolb-controller-a").then_some(()))
+        .wait("a leading again", Duration::from_secs(30), |c| {
+            (leader(c)? == "ferrolb-controller-a").then_some(())
+        })
         .unwrap();
     let takeover = killed.elapsed();
     eprintln!("lease: stop hand-over {handover:?}, crash takeover {takeover:?} (duration 4 s)");
-    assert!(takeover <= Duration::from_secs(4 + 3), "crash takeover took {takeover:?} with a 4 s lease");
+    assert!(
+        takeover <= Duration::from_secs(4 + 3),
+        "crash takeover took {takeover:?} with a 4 s lease"
+    );
     no_forbidden(&cluster);
 }
 
@@ -335,10 +467,22 @@ fn records_events_and_identities_as_a_real_server_checks_them() {
     let n1 = cluster.nodes[0].host.ipv4();
     cluster.create_node(&long, IpAddr::V4(n1)).unwrap();
     cluster.app_namespace(apps).unwrap();
-    cluster.apply(pool(ns, "lan", &["10.250.0.100-10.250.0.110"])).unwrap();
-    cluster.apply(pool(ns, "nowhere", &["10.250.0.120-10.250.0.121"])).unwrap();
-    cluster.apply(l2(ns, "l2", json!({"ipAddressPools": ["lan"]}))).unwrap();
-    cluster.apply(l2(ns, "missing-nic", json!({"ipAddressPools": ["nowhere"], "interfaces": ["eth9"]}))).unwrap();
+    cluster
+        .apply(pool(ns, "lan", &["10.250.0.100-10.250.0.110"]))
+        .unwrap();
+    cluster
+        .apply(pool(ns, "nowhere", &["10.250.0.120-10.250.0.121"]))
+        .unwrap();
+    cluster
+        .apply(l2(ns, "l2", json!({"ipAddressPools": ["lan"]})))
+        .unwrap();
+    cluster
+        .apply(l2(
+            ns,
+            "missing-nic",
+            json!({"ipAddressPools": ["nowhere"], "interfaces": ["eth9"]}),
+        ))
+        .unwrap();
     cluster.start_speakers().unwrap();
     cluster.wait_membership(Duration::from_secs(20)).unwrap();
     cluster.start_controller("a", 1).unwrap();
@@ -350,12 +494,16 @@ fn records_events_and_identities_as_a_real_server_checks_them() {
         let name = format!("web{k}");
         cluster.apply(service(apps, &name, None)).unwrap();
         for node in &nodes {
-            cluster.apply(endpoints(apps, &name, node, ip("10.250.0.50"))).unwrap();
+            cluster
+                .apply(endpoints(apps, &name, node, ip("10.250.0.50")))
+                .unwrap();
         }
         wait_ips(&cluster, apps, &name);
         let (node, _, record) = cluster
             .wait(&format!("a ServiceL2Status for {name}"), ALLOCATE, |c| {
-                c.l2_records().into_iter().find(|(_, s, _)| *s == format!("{apps}/{name}"))
+                c.l2_records()
+                    .into_iter()
+                    .find(|(_, s, _)| *s == format!("{apps}/{name}"))
             })
             .unwrap();
         assert_eq!(
@@ -374,16 +522,24 @@ fn records_events_and_identities_as_a_real_server_checks_them() {
     nowhere["metadata"]["annotations"] = json!({"metallb.io/address-pool": "nowhere"});
     cluster.apply(nowhere).unwrap();
     for node in &nodes {
-        cluster.apply(endpoints(apps, "nowhere", node, ip("10.250.0.50"))).unwrap();
+        cluster
+            .apply(endpoints(apps, "nowhere", node, ip("10.250.0.50")))
+            .unwrap();
     }
     wait_ips(&cluster, apps, "nowhere");
     cluster
         .wait("announceFailed on records-apps/nowhere", ALLOCATE, |c| {
-            c.events(apps, "nowhere").iter().any(|e| e["reason"] == "announceFailed").then_some(())
+            c.events(apps, "nowhere")
+                .iter()
+                .any(|e| e["reason"] == "announceFailed")
+                .then_some(())
         })
         .unwrap();
     assert!(
-        cluster.l2_records().iter().all(|(_, s, _)| s != "records-apps/nowhere"),
+        cluster
+            .l2_records()
+            .iter()
+            .all(|(_, s, _)| s != "records-apps/nowhere"),
         "a record claims an announcement on a missing interface"
     );
     // Who reported what.
@@ -396,44 +552,90 @@ fn records_events_and_identities_as_a_real_server_checks_them() {
         events.iter().any(|e| e["reason"] == "nodeAssigned"),
         "nodeAssigned on {owned}: {events:?}"
     );
-    assert!(!instances.contains("ferrolb-controller"), "the controller reports as its replica: {instances:?}");
-    for e in cluster.list(&cluster::resource("events.k8s.io", "v1", "Event", "events"), Some(apps)) {
+    assert!(
+        !instances.contains("ferrolb-controller"),
+        "the controller reports as its replica: {instances:?}"
+    );
+    for e in cluster.list(
+        &cluster::resource("events.k8s.io", "v1", "Event", "events"),
+        Some(apps),
+    ) {
         let instance = e["reportingInstance"].as_str().unwrap_or_default();
-        assert!(instance.len() <= 128, "reportingInstance too long: {instance}");
+        assert!(
+            instance.len() <= 128,
+            "reportingInstance too long: {instance}"
+        );
     }
     let controller_events: Vec<&str> = cluster
-        .list(&cluster::resource("events.k8s.io", "v1", "Event", "events"), Some(apps))
+        .list(
+            &cluster::resource("events.k8s.io", "v1", "Event", "events"),
+            Some(apps),
+        )
         .iter()
         .filter(|e| e["reportingController"] == "ferrolb-controller")
         .filter_map(|e| e["reportingInstance"].as_str())
-        .map(|s| if s.ends_with("-a") { "a" } else if s.ends_with("-b") { "b" } else { "other" })
+        .map(|s| {
+            if s.ends_with("-a") {
+                "a"
+            } else if s.ends_with("-b") {
+                "b"
+            } else {
+                "other"
+            }
+        })
         .collect();
-    assert!(controller_events.iter().all(|i| *i != "other"), "{controller_events:?}");
-    for account in [cluster.release.controller_account.clone(), cluster.release.speaker_account.clone()] {
+    assert!(
+        controller_events.iter().all(|i| *i != "other"),
+        "{controller_events:?}"
+    );
+    for account in [
+        cluster.release.controller_account.clone(),
+        cluster.release.speaker_account.clone(),
+    ] {
         let agents: BTreeSet<String> = cluster::audit(plane, &cluster.release.user(&account))
             .into_iter()
             .map(|e| e.user_agent)
             .collect();
         assert!(
-            agents.iter().all(|a| a.starts_with("ferrolb-controller/") || a.starts_with("ferrolb-speaker/")),
+            agents
+                .iter()
+                .all(|a| a.starts_with("ferrolb-controller/") || a.starts_with("ferrolb-speaker/")),
             "{account} sent User-Agents {agents:?}"
         );
     }
     // A graceful stop withdraws the long-named node's records.
     cluster.stop_speaker(&long).unwrap();
     cluster
-        .wait(&format!("no record of {long} after its graceful stop"), Duration::from_secs(10), |c| {
-            c.l2_records().iter().all(|(node, _, _)| *node != long).then_some(())
-        })
+        .wait(
+            &format!("no record of {long} after its graceful stop"),
+            Duration::from_secs(10),
+            |c| {
+                c.l2_records()
+                    .iter()
+                    .all(|(node, _, _)| *node != long)
+                    .then_some(())
+            },
+        )
         .unwrap();
     // A speaker whose Node does not exist says so.
     cluster.nodes[0].name = "records-ghost".to_owned();
     cluster.nodes[0].pod = None;
+    // With the chart's speaker.membership.advertiseHostIP it still joins: it must say why it is
+    // never elected.
+    cluster.speaker_env(&[("FERROLB_MEMBERSHIP_ADVERTISE", &format!("{n1}:7946"))]);
     cluster.start_speaker(1).unwrap();
     cluster
-        .wait("the ghost speaker saying its Node does not exist", ALLOCATE, |c| {
-            c.speaker("records-ghost")?.log().ok()?.contains("Node records-ghost does not exist").then_some(())
-        })
+        .wait(
+            "the ghost speaker saying its Node does not exist",
+            ALLOCATE,
+            |c| {
+                c.speaker("records-ghost")?
+                    .log()
+                    .ok()?
+                    .contains("Node records-ghost does not exist")
+                    .then_some(())
+            },
+        )
         .unwrap();
     no_forbidden(&cluster);
 }
@@ -447,13 +649,20 @@ fn status_command(cluster: &Cluster) -> String {
         .env_remove("FERROLB_LB_CLASS")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn metrics(cluster: &Cluster, node: usize, port: u16) -> String {
     let host = cluster.node(node).unwrap().host.clone();
-    let out = host.ns().run(["curl", "-sf", &format!("http://127.0.0.1:{port}/metrics")]).unwrap();
+    let out = host
+        .ns()
+        .run(["curl", "-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -468,9 +677,18 @@ fn kubectl(cluster: &Cluster, args: &[&str], stdin: &str) -> (bool, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -498,40 +716,67 @@ fn status_metrics_and_conditions_say_what_holds_now() {
     let apps = "views-apps";
     // The API server would refuse the overlap below: this is what a cluster without the
     // admission policy (older than 1.30) lets through.
-    let mut cluster = stage(plane, &lab, "ferrolb", ns, &["admissionPolicy.enabled=false"]);
+    let mut cluster = stage(
+        plane,
+        &lab,
+        "ferrolb",
+        ns,
+        &["admissionPolicy.enabled=false"],
+    );
     cluster.app_namespace(apps).unwrap();
     cluster.start_controller("a", 1).unwrap();
     cluster.apply(service(apps, "early", None)).unwrap();
     cluster
         .wait("AllocationFailed on early (no pool yet)", ALLOCATE, |c| {
-            c.events(apps, "early").iter().any(|e| e["reason"] == "AllocationFailed").then_some(())
+            c.events(apps, "early")
+                .iter()
+                .any(|e| e["reason"] == "AllocationFailed")
+                .then_some(())
         })
         .unwrap();
-    cluster.apply(pool(ns, "old", &["10.250.0.100-10.250.0.103"])).unwrap();
+    cluster
+        .apply(pool(ns, "old", &["10.250.0.100-10.250.0.103"]))
+        .unwrap();
     wait_ips(&cluster, apps, "early");
     let text = status_command(&cluster);
-    assert!(!text.contains("! views-apps/early: AllocationFailed"), "a resolved problem is listed:\n{text}");
+    assert!(
+        !text.contains("! views-apps/early: AllocationFailed"),
+        "a resolved problem is listed:\n{text}"
+    );
     // A younger pool overlapping the old one is invalid and hands out nothing.
     std::thread::sleep(Duration::from_millis(1100)); // a later creationTimestamp (whole seconds)
-    cluster.apply(pool(ns, "young", &["10.250.0.102-10.250.0.105"])).unwrap();
     cluster
-        .wait("young marked invalid", ALLOCATE, |c| (valid_condition(c, "young")?["status"] == "False").then_some(()))
+        .apply(pool(ns, "young", &["10.250.0.102-10.250.0.105"]))
+        .unwrap();
+    cluster
+        .wait("young marked invalid", ALLOCATE, |c| {
+            (valid_condition(c, "young")?["status"] == "False").then_some(())
+        })
         .unwrap();
     let before = valid_condition(&cluster, "old").unwrap();
     cluster.apply(service(apps, "late", None)).unwrap();
     wait_ips(&cluster, apps, "late");
     cluster
         .wait("old counting two", ALLOCATE, |c| {
-            let resource = cluster::resource("metallb.io", "v1beta1", "IPAddressPool", "ipaddresspools");
-            c.list(&resource, Some(ns)).into_iter().find(|p| p["metadata"]["name"] == "old" && p["status"]["assignedIPv4"] == 2)
+            let resource =
+                cluster::resource("metallb.io", "v1beta1", "IPAddressPool", "ipaddresspools");
+            c.list(&resource, Some(ns))
+                .into_iter()
+                .find(|p| p["metadata"]["name"] == "old" && p["status"]["assignedIPv4"] == 2)
         })
         .unwrap();
     let after = valid_condition(&cluster, "old").unwrap();
-    assert_eq!(before["lastTransitionTime"], after["lastTransitionTime"], "the count changed, not the condition");
+    assert_eq!(
+        before["lastTransitionTime"], after["lastTransitionTime"],
+        "the count changed, not the condition"
+    );
     let text = metrics(&cluster, 1, 7472);
     let line = |pool: &str| {
         text.lines()
-            .find(|l| l.starts_with("ferrolb_allocator_addresses_total") && l.contains(&format!("pool=\"{pool}\"")))
+            .find(|l| {
+                l.starts_with("ferrolb_allocator_addresses_total")
+                    && l.contains(&format!("pool=\"{pool}\""))
+            })
             .map(str::to_owned)
     };
     assert!(line("old").is_some_and(|l| l.ends_with(" 4")), "{text}");
@@ -552,29 +797,55 @@ fn the_api_server_takes_metallb_manifests_and_refuses_invalid_pools() {
     let lab = Lab::builder().nodes(1).build().unwrap();
     let ns = "metallb-system";
     let cluster = stage(plane, &lab, "ferrolb", ns, &[]);
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/tests/fixtures/metallb");
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/tests/fixtures/metallb");
     for file in ["ipaddresspools.yaml", "l2advertisements.yaml"] {
         let text = std::fs::read_to_string(fixtures.join(file)).unwrap();
         let (ok, out) = kubectl(&cluster, &["apply", "-f", "-"], &text);
         assert!(ok, "MetalLB's {file} refused:\n{out}");
     }
     let bad = |name: &str, spec: &str| {
-        format!("apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+        format!(
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+        )
     };
     for (name, spec, wanted) in [
-        ("reversed", "{addresses: [10.250.9.20-10.250.9.10]}", "spec.addresses[0]"),
+        (
+            "reversed",
+            "{addresses: [10.250.9.20-10.250.9.10]}",
+            "spec.addresses[0]",
+        ),
         ("wide", "{addresses: [10.250.9.0/33]}", "spec.addresses[0]"),
-        ("mixed", "{addresses: [10.250.9.1-fd00::1]}", "spec.addresses[0]"),
-        ("garbage", "{addresses: [10.250.9.0/24, not-an-address]}", "spec.addresses[1]"),
-        ("typed", "{addresses: [10.250.9.0/24], autoAssign: maybe}", "spec.autoAssign"),
+        (
+            "mixed",
+            "{addresses: [10.250.9.1-fd00::1]}",
+            "spec.addresses[0]",
+        ),
+        (
+            "garbage",
+            "{addresses: [10.250.9.0/24, not-an-address]}",
+            "spec.addresses[1]",
+        ),
+        (
+            "typed",
+            "{addresses: [10.250.9.0/24], autoAssign: maybe}",
+            "spec.autoAssign",
+        ),
         ("overlap", "{addresses: [192.168.10.128/25]}", "first-pool"),
     ] {
         let (ok, out) = kubectl(&cluster, &["apply", "-f", "-"], &bad(name, spec));
         assert!(!ok, "pool {name} ({spec}) was accepted:\n{out}");
-        assert!(out.contains(wanted), "pool {name}: the refusal does not name {wanted}:\n{out}");
+        assert!(
+            out.contains(wanted),
+            "pool {name}: the refusal does not name {wanted}:\n{out}"
+        );
         eprintln!("refused {name}: {}", out.trim());
     }
     // Editing a pool in place is not an overlap with itself.
-    let (ok, out) = kubectl(&cluster, &["apply", "-f", "-"], &bad("production", "{addresses: [42.176.25.64/29]}"));
+    let (ok, out) = kubectl(
+        &cluster,
+        &["apply", "-f", "-"],
+        &bad("production", "{addresses: [42.176.25.64/29]}"),
+    );
     assert!(ok, "{out}");
 }
