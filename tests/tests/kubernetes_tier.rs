@@ -849,3 +849,243 @@ fn the_api_server_takes_metallb_manifests_and_refuses_invalid_pools() {
     );
     assert!(ok, "{out}");
 }
+
+/// The longest silence the client may hear from a Service's IP across restarts: the failover
+/// target (README: well under a second).
+const FAILOVER_TARGET: Duration = Duration::from_secs(1);
+
+/// Gaps between consecutive ARP replies for `ip` (any MAC), longest first.
+fn longest_gap(frames: &[ferrolb_e2e::CapturedFrame], ip: std::net::Ipv4Addr) -> Duration {
+    let times: Vec<_> = ferrolb_e2e::journey::replies(frames, ip)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    times
+        .windows(2)
+        .filter_map(|w| w[1].duration_since(w[0]).ok())
+        .max()
+        .unwrap_or_default()
+}
+
+fn v4(ip: IpAddr) -> std::net::Ipv4Addr {
+    match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => panic!("expected IPv4, got {v6}"),
+    }
+}
+
+/// The scenario suite's core with the real API server as the backend and the lab as the nodes
+/// (the lab plays kube-proxy, nginx the ingress): allocation, arping, curl, crash takeover
+/// with the record moved, the controller restarted 5 times and every speaker twice without an
+/// IP change or an ARP gap beyond the failover target, deletion.
+#[test]
+fn the_scenario_core_runs_on_the_real_server() {
+    let (_serial, plane) = tier_or_skip!();
+    lab_or_skip!("curl", "nginx");
+    let mut journey = ferrolb_e2e::Journey::new(Lab::builder().nodes(3)).unwrap();
+    let ns = "core";
+    let apps = "core-apps";
+    let mut cluster = stage(plane, &journey.lab, "ferrolb", ns, &[]);
+    cluster.app_namespace(apps).unwrap();
+    cluster
+        .apply(pool(ns, "lan", &["10.250.0.100-10.250.0.110"]))
+        .unwrap();
+    cluster.apply(l2(ns, "l2", json!({}))).unwrap();
+    cluster.start_speakers().unwrap();
+    cluster.wait_membership(Duration::from_secs(20)).unwrap();
+    cluster.start_controller("a", 1).unwrap();
+    let ingress = IpAddr::V4(journey.ingress_host().unwrap().ipv4());
+    let applied = Instant::now();
+    cluster.apply(service(apps, "web", None)).unwrap();
+    cluster
+        .apply(endpoints(
+            apps,
+            "web",
+            &cluster.node(1).unwrap().name.clone(),
+            ingress,
+        ))
+        .unwrap();
+    let ips = wait_ips(&cluster, apps, "web");
+    let vip = ips[0];
+    journey.expose(vip).unwrap();
+    let owner = journey
+        .arp_owner("eth0", v4(vip), ALLOCATE)
+        .unwrap()
+        .clone();
+    eprintln!(
+        "core: {vip} in status and answered by {} {:?} after kubectl apply",
+        owner.name(),
+        applied.elapsed()
+    );
+    let owner_node = cluster
+        .nodes
+        .iter()
+        .find(|n| n.host.name() == owner.name())
+        .unwrap()
+        .name
+        .clone();
+    let records = |c: &Cluster| -> Vec<String> {
+        c.l2_records()
+            .into_iter()
+            .filter(|(_, s, _)| s == "core-apps/web")
+            .map(|(n, _, _)| n)
+            .collect()
+    };
+    cluster
+        .wait("the owner's record, and only it", ALLOCATE, |c| {
+            (records(c) == [owner_node.clone()]).then_some(())
+        })
+        .unwrap();
+    let page = journey.curl_until(vip, ALLOCATE).unwrap();
+    assert!(page.starts_with("ingress proxy ing"), "{page}");
+    assert_eq!(
+        journey.came_through(&page).map(|h| h.name().to_owned()),
+        Some(owner.name().to_owned())
+    );
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(cluster.admin(), apps);
+    let annotations = plane
+        .block_on(services.get("web"))
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("metallb.io/ip-allocated-from-pool")
+            .map(String::as_str),
+        Some("lan")
+    );
+    let reasons: BTreeSet<String> = cluster
+        .events(apps, "web")
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        reasons.contains("IPAllocated") && reasons.contains("nodeAssigned"),
+        "{reasons:?}"
+    );
+    let counters = cluster
+        .list(
+            &cluster::resource("metallb.io", "v1beta1", "IPAddressPool", "ipaddresspools"),
+            Some(ns),
+        )
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "lan")
+        .map(|p| {
+            (
+                p["status"]["assignedIPv4"].clone(),
+                p["status"]["availableIPv4"].clone(),
+            )
+        });
+    assert_eq!(counters, Some((json!(1), json!(10))));
+
+    // Crash of the owner: another node answers within the failover target, and its record
+    // replaces the crashed one's once the crashed speaker's Pod is gone.
+    let i = cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == owner_node)
+        .unwrap()
+        + 1;
+    let crashed_pod = cluster.node(i).unwrap().pod.clone().unwrap().0;
+    let takeover = journey
+        .measure_takeover("eth0", v4(vip), owner.mac(), Duration::from_secs(5), |_| {
+            cluster.kill_speaker(&owner_node)
+        })
+        .unwrap();
+    eprintln!(
+        "core: crash takeover {:?} to {}",
+        takeover.elapsed, takeover.mac
+    );
+    assert!(
+        takeover.elapsed < FAILOVER_TARGET,
+        "takeover took {:?}",
+        takeover.elapsed
+    );
+    assert_eq!(takeover.others_before, 0);
+    let successor = cluster.node_by_mac(takeover.mac).unwrap().name.clone();
+    cluster.delete_pod(&crashed_pod).unwrap();
+    // The garbage collector learns of a CRD's kind on its next discovery (every 30 s).
+    cluster
+        .wait(
+            "the record moved to the successor",
+            Duration::from_secs(60),
+            |c| (records(c) == [successor.clone()]).then_some(()),
+        )
+        .unwrap();
+    cluster.nodes[i - 1].pod = None;
+    cluster.start_speaker(i).unwrap();
+    cluster.wait_membership(Duration::from_secs(20)).unwrap();
+
+    // Restarts under a continuous arping: no IP change, no silence beyond the target.
+    let client = journey.client().ns().clone();
+    let capture = client.capture("eth0", "arp").unwrap();
+    let prober =
+        ferrolb_e2e::tools::arping_every_10ms(&client, "eth0", v4(vip), Duration::from_secs(600))
+            .unwrap();
+    for k in 0..5 {
+        let id = format!("r{k}");
+        let previous = if k == 0 {
+            "a".to_owned()
+        } else {
+            format!("r{}", k - 1)
+        };
+        cluster.stop_controller(&previous).unwrap();
+        cluster.start_controller(&id, 1 + k % 3).unwrap();
+        cluster
+            .wait(&format!("controller {id} leading"), ALLOCATE, |c| {
+                c.controller(&id)?
+                    .log()
+                    .ok()?
+                    .contains("leading: allocating")
+                    .then_some(())
+            })
+            .unwrap();
+        assert_eq!(
+            cluster.service_ips(apps, "web"),
+            ips,
+            "controller restart {k} changed the IPs"
+        );
+    }
+    for round in 0..2 {
+        for node in 1..=3 {
+            cluster.restart_speaker(node).unwrap();
+            cluster.wait_membership(Duration::from_secs(20)).unwrap();
+            assert_eq!(
+                cluster.service_ips(apps, "web"),
+                ips,
+                "speaker restart {round}/{node} changed the IPs"
+            );
+        }
+    }
+    let _ = prober.kill();
+    let frames = capture.stop().unwrap();
+    let gap = longest_gap(&frames, v4(vip));
+    eprintln!("core: longest ARP silence over 5 controller and 6 speaker restarts: {gap:?}");
+    assert!(
+        gap < FAILOVER_TARGET,
+        "the client heard nothing for {gap:?}"
+    );
+    cluster
+        .wait("one record after the restarts", ALLOCATE, |c| {
+            (records(c).len() == 1).then_some(())
+        })
+        .unwrap();
+
+    // Deletion: the IP goes quiet and the record goes.
+    plane
+        .block_on(services.delete("web", &Default::default()))
+        .unwrap();
+    cluster
+        .wait("no record for web", ALLOCATE, |c| {
+            records(c).is_empty().then_some(())
+        })
+        .unwrap();
+    let answers = journey.arp_answers("eth0", v4(vip), 3).unwrap();
+    assert!(
+        answers.is_empty(),
+        "{vip} still answered by {answers:?} after deletion"
+    );
+    no_forbidden(&cluster);
+}
