@@ -157,6 +157,23 @@ fn granted(cluster: &Cluster, account: &str) -> BTreeSet<(String, String, String
         .collect()
 }
 
+/// `kubectl auth can-i --list` as the account, for the record (the assertion above it uses
+/// the same SelfSubjectRulesReview through the API).
+fn print_can_i(cluster: &Cluster, account: &str) {
+    let path = cluster.dir().join(format!("{account}-host.kubeconfig"));
+    if let Ok(out) = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&path)
+        .args(["auth", "can-i", "--list", "-n", cluster.namespace()])
+        .output()
+    {
+        eprintln!(
+            "kubectl auth can-i --list as {account}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
 /// Issue 15, bug 4 (least privilege), and the chart's RBAC with the accounts' own tokens: a run
 /// that allocates, announces, records, withdraws and restarts, with no request refused and no
 /// grant left unused.
@@ -206,7 +223,21 @@ fn the_chart_grants_what_the_code_uses_and_nothing_is_refused() {
         .0;
     let i = nodes.iter().position(|n| *n == owner).unwrap() + 1;
     cluster.kill_speaker(&owner).unwrap();
+    // A new Pod of the node (the crashed one is replaced): its speaker takes the record over.
+    cluster.nodes[i - 1].pod = None;
     cluster.start_speaker(i).unwrap();
+    let uid = cluster.node(i).unwrap().pod.clone().unwrap().1;
+    cluster
+        .wait("the restarted speaker owning its record", ALLOCATE, |c| {
+            c.l2_records().into_iter().find(|(n, s, o)| {
+                *n == owner
+                    && s == "rbac-apps/web"
+                    && o.pointer("/metadata/ownerReferences/0/uid")
+                        .and_then(Value::as_str)
+                        == Some(uid.as_str())
+            })
+        })
+        .unwrap();
     cluster
         .wait("the controller leading again", ALLOCATE, |c| {
             c.controller("b")?
@@ -240,11 +271,10 @@ fn the_chart_grants_what_the_code_uses_and_nothing_is_refused() {
         cluster.release.controller_account.clone(),
         cluster.release.speaker_account.clone(),
     ] {
+        let granted = granted(&cluster, &account);
+        print_can_i(&cluster, &account);
         let used = used(&cluster, &account);
-        let unused: Vec<_> = granted(&cluster, &account)
-            .difference(&used)
-            .cloned()
-            .collect();
+        let unused: Vec<_> = granted.difference(&used).cloned().collect();
         assert!(
             unused.is_empty(),
             "{account} is granted, and never used: {unused:?}\nused: {used:?}"
