@@ -596,6 +596,33 @@ mod tests {
         );
     }
 
+    /// Issue 15: a Warning a later Normal event followed (AllocationFailed, then IPAllocated) is
+    /// resolved; FerroLB's events.k8s.io Events carry only eventTime.
+    #[test]
+    fn only_a_service_s_latest_event_if_a_warning_is_a_problem() {
+        let event = |type_: &str, reason: &str, at: &str| -> Event {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("web.{reason}"), "namespace": "demo"},
+                "involvedObject": {"kind": "Service", "namespace": "demo", "name": "web"},
+                "type": type_, "reason": reason, "message": "m", "eventTime": at,
+            }))
+            .unwrap()
+        };
+        let failed = event("Warning", "AllocationFailed", "2025-01-01T10:00:00.000000Z");
+        let allocated = event("Normal", "IPAllocated", "2025-01-01T10:00:05.000000Z");
+        assert!(latest_warnings(&[failed.clone(), allocated.clone()]).is_empty());
+        assert!(
+            latest_warnings(&[allocated, failed.clone()]).is_empty(),
+            "order of the list"
+        );
+        assert_eq!(
+            latest_warnings(&[failed])
+                .get("demo/web")
+                .map(String::as_str),
+            Some("AllocationFailed: m")
+        );
+    }
+
     #[test]
     fn an_allocated_service_nobody_announces_says_so() {
         let web = service("web");
