@@ -184,7 +184,8 @@ async fn run_kubernetes(
     let identity = flags
         .identity
         .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|id| !id.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| format!("ferrolb-controller-{}", std::process::id()));
     let (leading_tx, leading) = tokio::sync::watch::channel(!flags.leader_election);
     let election = if flags.leader_election {

@@ -666,7 +666,8 @@ impl<'p> Cluster<'p> {
         &self.release.namespace
     }
 
-    /// Extra environment for speakers started from now on (a flag's variable).
+    /// Extra environment for speakers started from now on (a flag's variable; an empty value
+    /// unsets one).
     pub fn speaker_env(&mut self, env: &[(&str, &str)]) {
         self.extra_speaker_env = env
             .iter()
@@ -674,7 +675,7 @@ impl<'p> Cluster<'p> {
             .collect();
     }
 
-    /// Extra environment for controllers started from now on.
+    /// Extra environment for controllers started from now on (an empty value unsets one).
     pub fn controller_env(&mut self, env: &[(&str, &str)]) {
         self.extra_controller_env = env
             .iter()
@@ -1186,9 +1187,12 @@ impl Drop for Cluster<'_> {
     }
 }
 
+/// Sets `key`; an empty `value` unsets it (a process run outside a pod, say).
 fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     env.retain(|(k, _)| k != key);
-    env.push((key.to_owned(), value.to_owned()));
+    if !value.is_empty() {
+        env.push((key.to_owned(), value.to_owned()));
+    }
 }
 
 /// `env -i K=V... argv` in the host's namespace: only the pod's environment (and PATH).

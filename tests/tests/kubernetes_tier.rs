@@ -515,7 +515,20 @@ fn records_events_and_identities_as_a_real_server_checks_them() {
         .unwrap();
     cluster.start_speakers().unwrap();
     cluster.wait_membership(Duration::from_secs(20)).unwrap();
+    // Replica a runs as an operator would run it by hand: no POD_NAME (nor HOSTNAME). It leads,
+    // b stands by.
+    cluster.controller_env(&[("POD_NAME", "")]);
     cluster.start_controller("a", 1).unwrap();
+    cluster
+        .wait("a leading", ALLOCATE, |c| {
+            c.controller("a")?
+                .log()
+                .ok()?
+                .contains("leading: allocating")
+                .then_some(())
+        })
+        .unwrap();
+    cluster.controller_env(&[]);
     cluster.start_controller("b", 2).unwrap();
     let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
     // Services until one is owned by the long-named node.
@@ -596,27 +609,20 @@ fn records_events_and_identities_as_a_real_server_checks_them() {
             "reportingInstance too long: {instance}"
         );
     }
-    let controller_events: Vec<&str> = cluster
+    let pid = cluster.controller("a").unwrap().pid();
+    let controller_instances: BTreeSet<String> = cluster
         .list(
             &cluster::resource("events.k8s.io", "v1", "Event", "events"),
             Some(apps),
         )
         .iter()
         .filter(|e| e["reportingController"] == "ferrolb-controller")
-        .filter_map(|e| e["reportingInstance"].as_str())
-        .map(|s| {
-            if s.ends_with("-a") {
-                "a"
-            } else if s.ends_with("-b") {
-                "b"
-            } else {
-                "other"
-            }
-        })
+        .filter_map(|e| e["reportingInstance"].as_str().map(str::to_owned))
         .collect();
-    assert!(
-        controller_events.iter().all(|i| *i != "other"),
-        "{controller_events:?}"
+    assert_eq!(
+        controller_instances,
+        BTreeSet::from([format!("ferrolb-controller-{pid}")]),
+        "the leader outside a pod names itself by its process"
     );
     for account in [
         cluster.release.controller_account.clone(),
