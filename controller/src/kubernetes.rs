@@ -9,15 +9,14 @@
 use std::time::{Duration, Instant};
 
 use ferrolb_daemon::endpoint::Readiness;
+use ferrolb_daemon::kubernetes::{EventType, Events};
 use ferrolb_daemon::mirror::{Mirror, Seen, watch_events};
 use ferrolb_daemon::shutdown::Shutdown;
 use ferrolb_proto::api::IPAddressPool;
 use ferrolb_proto::api::annotations::IP_ALLOCATED_FROM_POOL;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Service};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -33,8 +32,8 @@ pub struct Settings {
     /// Where IPAddressPools live (the install namespace).
     pub namespace: String,
     pub lb_class: Option<String>,
-    /// Name reported on Events.
-    pub reporter: String,
+    /// This replica's name: the reportingInstance of its Events.
+    pub instance: String,
 }
 
 /// One watch update, from any of the three watchers.
@@ -109,7 +108,7 @@ pub async fn run(
                     }
                 }
                 if let Some(r) = &reconciler {
-                    metrics.set_pools(&r.allocator().pool_stats());
+                    metrics.set_pools(&r.allocator().pool_stats(), r.pool_problems());
                 }
                 metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
             }
@@ -129,7 +128,7 @@ pub async fn run(
             for key in writer.carry_out(actions, &metrics).await {
                 fresh.write_failed(&key);
             }
-            metrics.set_pools(&fresh.allocator().pool_stats());
+            metrics.set_pools(&fresh.allocator().pool_stats(), fresh.pool_problems());
             metrics
                 .reconcile_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -200,20 +199,16 @@ enum Single {
 struct Writer {
     client: Client,
     pools: Api<IPAddressPool>,
-    recorder: Recorder,
+    events: Events,
 }
 
 const ATTEMPTS: u32 = 5;
 
 impl Writer {
     fn new(client: Client, settings: &Settings) -> Self {
-        let reporter = Reporter {
-            controller: settings.reporter.clone(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Writer {
             pools: Api::namespaced(client.clone(), &settings.namespace),
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Events::new(client.clone(), "ferrolb-controller", &settings.instance),
             client,
         }
     }
@@ -271,25 +266,19 @@ impl Writer {
             } => {
                 log_event(&service, severity, reason, &message);
                 metrics.count_failure(cause);
-                let reference = ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Service".into()),
-                    name: Some(service.name().to_owned()),
-                    namespace: Some(service.namespace().to_owned()),
-                    ..Default::default()
+                let type_ = match severity {
+                    Severity::Normal => EventType::Normal,
+                    Severity::Warning => EventType::Warning,
                 };
-                let event = KubeEvent {
-                    type_: match severity {
-                        Severity::Normal => EventType::Normal,
-                        Severity::Warning => EventType::Warning,
-                    },
-                    reason: reason.to_owned(),
-                    note: Some(message),
-                    action: "Allocate".to_owned(),
-                    secondary: None,
-                };
-                self.recorder
-                    .publish(&event, &reference)
+                self.events
+                    .service(
+                        service.namespace(),
+                        service.name(),
+                        type_,
+                        reason,
+                        "Allocate",
+                        &message,
+                    )
                     .await
                     .map_err(|err| {
                         format!("cannot record event {reason} on Service {service}: {err}")
@@ -319,7 +308,7 @@ fn pool_status_patch(status: &PoolStatus) -> serde_json::Value {
             "status": status.condition_status(),
             "reason": status.condition_reason(),
             "message": status.condition_message(),
-            "lastTransitionTime": Timestamp::now().to_string(),
+            "lastTransitionTime": status.transition_time(),
         }],
     }})
 }

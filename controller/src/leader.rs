@@ -30,6 +30,42 @@ pub struct LeaseTimings {
     pub retry: Duration,
 }
 
+impl LeaseTimings {
+    /// Timings for a lease of `duration`, in client-go's proportions (15 s, 10 s, 2 s): renew
+    /// every 2/15 of it, step down after 2/3 without a renewal.
+    pub fn lasting(duration: Duration) -> Self {
+        LeaseTimings {
+            duration,
+            renew_deadline: duration * 2 / 3,
+            retry: duration * 2 / 15,
+        }
+    }
+}
+
+/// The Lease a controller elects its leader over unless told: one per loadBalancerClass, so
+/// two installs of different classes never share one (a name is a DNS subdomain: the class's
+/// other characters become `-`).
+pub fn default_lease_name(lb_class: Option<&str>) -> String {
+    match lb_class {
+        None => "ferrolb-controller".to_owned(),
+        Some(class) => {
+            let mut name: String = format!("ferrolb-controller-{class}")
+                .to_ascii_lowercase()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            name.truncate(253);
+            name.trim_end_matches(['-', '.']).to_owned()
+        }
+    }
+}
+
 impl Default for LeaseTimings {
     fn default() -> Self {
         LeaseTimings {
@@ -290,6 +326,19 @@ mod tests {
             resource_version: rv.to_owned(),
             duration: Duration::from_secs(15),
         }
+    }
+
+    #[test]
+    fn timings_keep_client_gos_proportions_and_classes_get_their_own_lease() {
+        assert_eq!(
+            LeaseTimings::lasting(Duration::from_secs(15)),
+            LeaseTimings::default()
+        );
+        assert_eq!(default_lease_name(None), "ferrolb-controller");
+        assert_eq!(
+            default_lease_name(Some("example.com/Foo")),
+            "ferrolb-controller-example.com-foo"
+        );
     }
 
     #[test]

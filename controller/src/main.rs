@@ -52,9 +52,10 @@ struct StatusFlags {
     #[arg(long, env = "FERROLB_NAMESPACE", default_value = "metallb-system")]
     namespace: String,
 
-    /// Name of the controller's leader-election Lease (cluster only).
-    #[arg(long, env = "FERROLB_LEASE_NAME", default_value = "ferrolb-controller")]
-    lease_name: String,
+    /// Name of the controller's leader-election Lease (cluster only; default as the
+    /// controller's).
+    #[arg(long, env = "FERROLB_LEASE_NAME")]
+    lease_name: Option<String>,
 }
 
 /// The controller's flags.
@@ -88,9 +89,16 @@ struct Flags {
     #[arg(long, env = "FERROLB_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
 
-    /// Name of the leader-election Lease.
-    #[arg(long, env = "FERROLB_LEASE_NAME", default_value = "ferrolb-controller")]
-    lease_name: String,
+    /// Name of the leader-election Lease. Default: `ferrolb-controller`, or
+    /// `ferrolb-controller-<class>` with --lb-class, so installs of two classes never share one.
+    #[arg(long, env = "FERROLB_LEASE_NAME")]
+    lease_name: Option<String>,
+
+    /// Seconds a leader's Lease lasts without renewal: how long a standby waits after the
+    /// leader crashed (a leader that stops cleanly releases it at once). It renews every
+    /// 2/15 of this and steps down after 2/3 without a renewal (client-go's 15 s, 2 s, 10 s).
+    #[arg(long, env = "FERROLB_LEASE_DURATION_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    lease_duration_secs: u64,
 
     /// This replica's identity in the election (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
@@ -155,27 +163,41 @@ async fn run(flags: Flags) -> Result<(), String> {
     }
 }
 
+/// The API client, sending `User-Agent: ferrolb-controller/<version>`.
+async fn connect() -> Result<kube::Client, kube::Error> {
+    ferrolb_daemon::kubernetes::connect("ferrolb-controller", env!("CARGO_PKG_VERSION")).await
+}
+
 async fn run_kubernetes(
     flags: Flags,
     metrics: Metrics,
     readiness: Readiness,
     stop: shutdown::Shutdown,
 ) -> Result<(), String> {
-    let client = kube::Client::try_default().await.map_err(|err| {
+    let client = connect().await.map_err(|err| {
         format!(
             "cannot reach the Kubernetes API (in a pod: its service account; outside: KUBECONFIG): \
              {err}; to run without Kubernetes, use --state-dir DIR"
         )
     })?;
+    // One name per replica: its Lease identity and the reportingInstance of its Events.
+    let identity = flags
+        .identity
+        .clone()
+        .filter(|id| !id.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| format!("ferrolb-controller-{}", std::process::id()));
     let (leading_tx, leading) = tokio::sync::watch::channel(!flags.leader_election);
-    if flags.leader_election {
-        let identity = flags
-            .identity
+    let election = if flags.leader_election {
+        let lease = flags
+            .lease_name
             .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| format!("ferrolb-controller-{}", std::process::id()));
+            .unwrap_or_else(|| leader::default_lease_name(flags.lb_class.as_deref()));
         let leases = kube::Api::namespaced(client.clone(), &flags.namespace);
-        let candidate = leader::Candidate::new(identity, leader::LeaseTimings::default());
+        let timings = leader::LeaseTimings::lasting(std::time::Duration::from_secs(
+            flags.lease_duration_secs,
+        ));
+        let candidate = leader::Candidate::new(identity.clone(), timings);
         let gauge = metrics.leader.clone();
         let mut watched = leading.clone();
         tokio::spawn(async move {
@@ -183,22 +205,30 @@ async fn run_kubernetes(
                 gauge.set(i64::from(*watched.borrow()));
             }
         });
-        tokio::spawn(leader::run(
+        Some(tokio::spawn(leader::run(
             leases,
-            flags.lease_name.clone(),
+            lease,
             candidate,
             leading_tx,
             stop.clone(),
-        ));
+        )))
     } else {
         metrics.leader.set(1);
-    }
+        None
+    };
     let settings = kubernetes::Settings {
         namespace: flags.namespace,
         lb_class: flags.lb_class,
-        reporter: "ferrolb-controller".to_owned(),
+        instance: identity,
     };
     kubernetes::run(client, settings, metrics, readiness, leading, stop).await;
+    // The election releases the Lease on the same stop: wait for it, or the process would exit
+    // first and the standby wait out the whole lease.
+    if let Some(election) = election
+        && let Err(err) = election.await
+    {
+        tracing::warn!("the leader election task failed: {err}");
+    }
     Ok(())
 }
 
@@ -227,20 +257,19 @@ fn status(flags: StatusFlags) -> ExitCode {
             .map_err(|err| format!("cannot start the async runtime: {err}"))
             .and_then(|runtime| {
                 runtime.block_on(async {
-                    let client = kube::Client::try_default().await.map_err(|err| {
+                    let client = connect().await.map_err(|err| {
                         format!(
                             "cannot reach the Kubernetes API (KUBECONFIG): {err}; for a standalone \
                              install, use --state-dir DIR"
                         )
                     })?;
-                    status::from_cluster(
-                        client,
-                        &flags.namespace,
-                        &flags.lease_name,
-                        flags.lb_class,
-                    )
-                    .await
-                    .map_err(|err| format!("cannot list from the cluster: {err}"))
+                    let lease = flags
+                        .lease_name
+                        .clone()
+                        .unwrap_or_else(|| leader::default_lease_name(flags.lb_class.as_deref()));
+                    status::from_cluster(client, &flags.namespace, &lease, flags.lb_class)
+                        .await
+                        .map_err(|err| format!("cannot list from the cluster: {err}"))
                 })
             }),
     };

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use ferrolb_proto::api::ManifestError;
+use ferrolb_proto::api::{ManifestError, PoolProblem};
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -100,11 +100,16 @@ impl Metrics {
         }
     }
 
-    /// Replaces the per-pool figures (pools that vanished disappear from the output).
-    pub fn set_pools(&self, stats: &[PoolStats]) {
+    /// Replaces the per-pool figures (pools that vanished disappear from the output). A pool
+    /// with problems (`invalid`: refused, or the younger of an overlapping pair) hands out
+    /// nothing: its addresses are not counted as usable, only those its Services still hold.
+    pub fn set_pools(&self, stats: &[PoolStats], invalid: &[PoolProblem]) {
         self.addresses_total.reset();
         self.addresses_in_use.reset();
         for pool in stats {
+            let frozen = invalid
+                .iter()
+                .any(|p| p.pool.rsplit('/').next() == Some(pool.pool.as_str()));
             for (family, figures) in [("ipv4", &pool.ipv4), ("ipv6", &pool.ipv6)] {
                 let FamilyStats {
                     capacity, assigned, ..
@@ -113,9 +118,11 @@ impl Metrics {
                     continue;
                 }
                 // f64 keeps the magnitude of a /64 (2^64) where an integer gauge would overflow.
-                self.addresses_total
-                    .with_label_values(&[&pool.pool, family])
-                    .set(capacity as f64);
+                if !frozen {
+                    self.addresses_total
+                        .with_label_values(&[&pool.pool, family])
+                        .set(capacity as f64);
+                }
                 self.addresses_in_use
                     .with_label_values(&[&pool.pool, family])
                     .set(assigned as f64);

@@ -51,6 +51,19 @@ pub struct PoolStatus {
     pub counters: IPAddressPoolStatus,
     /// Why the pool is frozen, one line per problem; empty when it is valid.
     pub problems: Vec<String>,
+    /// The Valid condition's lastTransitionTime as the pool says it, when its status stays
+    /// the same: a count that changes is no transition.
+    pub since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+impl PoolStatus {
+    /// The condition's lastTransitionTime to write: kept while the status stays, else now.
+    pub fn transition_time(&self) -> String {
+        self.since.as_ref().map_or_else(
+            || k8s_openapi::jiff::Timestamp::now().to_string(),
+            |t| t.0.to_string(),
+        )
+    }
 }
 
 impl PoolStatus {
@@ -140,6 +153,8 @@ pub struct Reconciler {
     allocator: Allocator,
     lb_class: Option<String>,
     services: BTreeMap<ServiceKey, Seen>,
+    /// Services of another class holding addresses: counted, kept from others, never written.
+    foreign: std::collections::BTreeSet<ServiceKey>,
     namespaces: BTreeMap<String, Namespace>,
     pools: Vec<IPAddressPool>,
 }
@@ -175,6 +190,7 @@ impl Reconciler {
             allocator: Allocator::new(),
             lb_class,
             services: BTreeMap::new(),
+            foreign: Default::default(),
             namespaces: BTreeMap::new(),
             pools: Vec::new(),
         }
@@ -214,13 +230,7 @@ impl Reconciler {
             let key = key_of(&service);
             let held = written(&service, &key);
             if !handled_by(&service, self.lb_class.as_deref()) {
-                // Handled before (our annotation) but not any more: clear what it says.
-                if held.as_ref().is_some_and(|a| !a.pool.is_empty()) {
-                    actions.push(Action::WriteService {
-                        service: key,
-                        assignment: None,
-                    });
-                }
+                actions.extend(self.not_ours(&service, &key, held, false));
                 continue;
             }
             let labels = self.namespace_labels(&key);
@@ -265,15 +275,13 @@ impl Reconciler {
         let key = key_of(service);
         let held = written(service, &key);
         if !handled_by(service, self.lb_class.as_deref()) {
+            let was_ours = self.services.contains_key(&key);
             let mut actions = self.forget(&key);
-            if held.as_ref().is_some_and(|a| !a.pool.is_empty()) {
-                actions.push(Action::WriteService {
-                    service: key,
-                    assignment: None,
-                });
-            }
+            actions.extend(self.not_ours(service, &key, held, was_ours));
+            actions.extend(self.pool_actions());
             return actions;
         }
+        self.foreign.remove(&key);
         let (deprecated, pending) = self
             .services
             .get(&key)
@@ -384,6 +392,7 @@ impl Reconciler {
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
+            .chain(&self.foreign)
             .filter(|k| !present.contains_key(*k))
             .cloned()
             .collect();
@@ -419,8 +428,45 @@ impl Reconciler {
 
     fn forget(&mut self, key: &ServiceKey) -> Vec<Action> {
         self.services.remove(key);
+        self.foreign.remove(key);
         let released = self.allocator.release(key);
         self.apply_updates(released.updates)
+    }
+
+    /// A Service this controller does not serve. Of another class (a `LoadBalancer` whose
+    /// `loadBalancerClass` is not ours): never written, whatever annotation it carries (MetalLB
+    /// writes the same one), its addresses held so no Service of ours gets them. No longer a
+    /// `LoadBalancer`: its class is gone with the type, so it is cleared only by the controller
+    /// it was known to (`was_ours`) or by the default class's.
+    fn not_ours(
+        &mut self,
+        service: &Service,
+        key: &ServiceKey,
+        held: Option<Assignment>,
+        was_ours: bool,
+    ) -> Vec<Action> {
+        let load_balancer = service
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.type_.as_deref() == Some("LoadBalancer"));
+        if load_balancer {
+            let ips = held.map(|a| a.ips).unwrap_or_default();
+            let labels = self.namespace_labels(key);
+            if let Ok(request) = ServiceRequest::from_service(service, &labels)
+                && self.allocator.hold_foreign(&request, &ips)
+            {
+                self.foreign.insert(key.clone());
+            }
+            return Vec::new();
+        }
+        let ours_before = was_ours || self.lb_class.is_none();
+        if ours_before && held.as_ref().is_some_and(|a| !a.pool.is_empty()) {
+            return vec![Action::WriteService {
+                service: key.clone(),
+                assignment: None,
+            }];
+        }
+        Vec::new()
     }
 
     /// Warns when a Service starts relying on deprecated annotation spellings.
@@ -496,6 +542,9 @@ impl Reconciler {
         let mut actions = Vec::new();
         for update in updates {
             let key = update.service().clone();
+            if self.foreign.contains(&key) {
+                continue;
+            }
             match update {
                 ServiceUpdate::Reallocated {
                     previous,
@@ -544,12 +593,20 @@ impl Reconciler {
                             )
                         })
                         .collect(),
+                    since: None,
                 };
                 let observed = self
                     .pools
                     .iter()
                     .find(|p| p.name_any() == stats.pool)
                     .and_then(|p| p.status.as_ref());
+                let status = PoolStatus {
+                    since: observed
+                        .and_then(|o| o.conditions.iter().find(|c| c.type_ == VALID_CONDITION))
+                        .filter(|c| c.status == status.condition_status())
+                        .map(|c| c.last_transition_time.clone()),
+                    ..status
+                };
                 (!status.matches(observed)).then_some(Action::WritePool {
                     pool: stats.pool,
                     status,

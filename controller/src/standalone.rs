@@ -130,8 +130,10 @@ impl Controller {
             self.reconciler.write_failed(&key);
         }
         remove_stale_status(&self.dir, &self.reconciler, &seen, complete);
-        self.metrics
-            .set_pools(&self.reconciler.allocator().pool_stats());
+        self.metrics.set_pools(
+            &self.reconciler.allocator().pool_stats(),
+            self.reconciler.pool_problems(),
+        );
         self.metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -311,7 +313,7 @@ fn pool_object(pool: &str, status: &PoolStatus, first_seen: Option<&String>) -> 
                 "status": status.condition_status(),
                 "reason": status.condition_reason(),
                 "message": status.condition_message(),
-                "lastTransitionTime": Timestamp::now().to_string(),
+                "lastTransitionTime": status.transition_time(),
             }],
         },
     })

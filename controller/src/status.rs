@@ -532,10 +532,7 @@ pub async fn from_cluster(
         .map(|l| l.items)
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| {
-            e.type_.as_deref() == Some("Warning")
-                && e.involved_object.kind.as_deref() == Some("Service")
-        })
+        .filter(|e| e.involved_object.kind.as_deref() == Some("Service"))
         .collect();
     Ok(Inputs {
         pools,
@@ -579,30 +576,39 @@ fn leader(lease: Result<Option<Lease>, kube::Error>, name: &str) -> Result<Heart
     }
 }
 
-/// The latest Warning per Service: `reason: message`.
+/// Per Service, its latest event when that is a Warning (`reason: message`): a problem that a
+/// later Normal event (IPAllocated, nodeAssigned) followed is resolved, and not shown.
 fn latest_warnings(events: &[Event]) -> BTreeMap<String, String> {
-    let mut latest: BTreeMap<String, (Option<Timestamp>, String)> = BTreeMap::new();
+    let mut latest: BTreeMap<String, (Option<Timestamp>, Option<String>)> = BTreeMap::new();
     for event in events {
         let object = &event.involved_object;
         let (Some(ns), Some(name)) = (&object.namespace, &object.name) else {
             continue;
         };
+        // events.k8s.io Events (FerroLB's) have only eventTime; core ones the timestamps.
         let at = event
-            .last_timestamp
+            .series
             .as_ref()
-            .or(event.first_timestamp.as_ref())
-            .map(|t| t.0);
-        let text = format!(
-            "{}: {}",
-            event.reason.as_deref().unwrap_or("Warning"),
-            event.message.as_deref().unwrap_or("")
-        );
+            .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+            .or(event.last_timestamp.as_ref().map(|t| t.0))
+            .or(event.event_time.as_ref().map(|t| t.0))
+            .or(event.first_timestamp.as_ref().map(|t| t.0));
+        let text = (event.type_.as_deref() == Some("Warning")).then(|| {
+            format!(
+                "{}: {}",
+                event.reason.as_deref().unwrap_or("Warning"),
+                event.message.as_deref().unwrap_or("")
+            )
+        });
         let key = format!("{ns}/{name}");
         if latest.get(&key).is_none_or(|(seen, _)| at >= *seen) {
             latest.insert(key, (at, text));
         }
     }
-    latest.into_iter().map(|(k, (_, text))| (k, text)).collect()
+    latest
+        .into_iter()
+        .filter_map(|(k, (_, text))| Some((k, text?)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -669,6 +675,33 @@ mod tests {
         assert!(
             text.contains("lan   10.250.0.100-10.250.0.100  IPv4 1 used, 0 free  ok"),
             "{text}"
+        );
+    }
+
+    /// Issue 15: a Warning a later Normal event followed (AllocationFailed, then IPAllocated) is
+    /// resolved; FerroLB's events.k8s.io Events carry only eventTime.
+    #[test]
+    fn only_a_service_s_latest_event_if_a_warning_is_a_problem() {
+        let event = |type_: &str, reason: &str, at: &str| -> Event {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("web.{reason}"), "namespace": "demo"},
+                "involvedObject": {"kind": "Service", "namespace": "demo", "name": "web"},
+                "type": type_, "reason": reason, "message": "m", "eventTime": at,
+            }))
+            .unwrap()
+        };
+        let failed = event("Warning", "AllocationFailed", "2025-01-01T10:00:00.000000Z");
+        let allocated = event("Normal", "IPAllocated", "2025-01-01T10:00:05.000000Z");
+        assert!(latest_warnings(&[failed.clone(), allocated.clone()]).is_empty());
+        assert!(
+            latest_warnings(&[allocated, failed.clone()]).is_empty(),
+            "order of the list"
+        );
+        assert_eq!(
+            latest_warnings(&[failed])
+                .get("demo/web")
+                .map(String::as_str),
+            Some("AllocationFailed: m")
         );
     }
 

@@ -25,7 +25,7 @@ fn settings() -> Settings {
     Settings {
         namespace: "metallb-system".into(),
         lb_class: None,
-        reporter: "ferrolb-controller".into(),
+        instance: "ferrolb-controller-test".into(),
     }
 }
 

@@ -320,3 +320,56 @@ fn pool_status_is_written_when_it_differs() {
         (4, "True")
     );
 }
+
+/// Issue 15, bug 1: a controller of one class never writes a Service of another, even one
+/// carrying `ip-allocated-from-pool` (MetalLB and a default FerroLB write it too), and hands out
+/// none of the addresses such a Service holds.
+#[test]
+fn another_class_is_never_written_and_its_addresses_are_taken() {
+    let theirs = written(&service("theirs", json!({})), &["10.250.0.100"], "lan");
+    let pools = vec![pool("lan", &["10.250.0.100-10.250.0.101"])];
+    let mut foo = Reconciler::new(Some("example.com/foo".into()));
+    let started = foo.start(pools.clone(), vec![], vec![theirs.clone()]);
+    assert!(writes(&started).is_empty(), "{started:?}");
+    assert!(writes(&foo.service_changed(&theirs)).is_empty());
+    let mine = service(
+        "mine",
+        json!({"spec": {"loadBalancerClass": "example.com/foo"}}),
+    );
+    assert_eq!(
+        writes(&foo.service_changed(&mine)),
+        [("web/mine".to_owned(), Some(vec!["10.250.0.101".to_owned()]))],
+        "the address the other class holds is not handed out"
+    );
+    // Both count the pool alike, so their pool-status writes agree.
+    let mut default = Reconciler::new(None);
+    let mine_written = written(&mine, &["10.250.0.101"], "lan");
+    default.start(
+        pools.clone(),
+        vec![],
+        vec![theirs.clone(), mine_written.clone()],
+    );
+    let counts = |r: &Reconciler| {
+        r.allocator()
+            .pool_stats()
+            .iter()
+            .map(|s| s.status().assigned_ipv4)
+            .collect::<Vec<_>>()
+    };
+    foo.service_changed(&mine_written);
+    assert_eq!(counts(&foo), counts(&default));
+    assert_eq!(counts(&foo), [2]);
+    // Gone: its address is free for us again.
+    foo.service_deleted(&key("theirs"));
+    let other = service(
+        "other",
+        json!({"spec": {"loadBalancerClass": "example.com/foo"}}),
+    );
+    assert_eq!(
+        writes(&foo.service_changed(&other)),
+        [(
+            "web/other".to_owned(),
+            Some(vec!["10.250.0.100".to_owned()])
+        )]
+    );
+}

@@ -6,15 +6,17 @@
 
 use std::sync::Arc;
 
+use ferrolb_daemon::kubernetes::{EventType, Events};
 use ferrolb_daemon::mirror::{Mirror, Seen, watch_events};
 use ferrolb_daemon::shutdown::Shutdown;
-use ferrolb_proto::api::l2status::{NODE_LABEL, SERVICE_NAME_LABEL, SERVICE_NAMESPACE_LABEL};
+use ferrolb_proto::api::l2status::{
+    NODE_LABEL, SERVICE_NAME_LABEL, SERVICE_NAMESPACE_LABEL, label_value, with_hash,
+};
 use ferrolb_proto::api::{IPAddressPool, L2Advertisement, ServiceL2Status};
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod as KubePod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod as KubePod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -195,16 +197,20 @@ pub async fn follow(
     Some((first, rx))
 }
 
-/// A ServiceL2Status name for (node, Service): a DNS-1123 subdomain, unique per pair.
+/// A ServiceL2Status name for (node, Service): a DNS-1123 subdomain, unique per pair (a name
+/// longer than 253 characters is cut and ends with a hash of the whole).
 pub fn status_name(node: &str, namespace: &str, service: &str) -> String {
-    let mut name = format!("l2-{node}-{namespace}-{service}")
+    let name = format!("l2-{node}-{namespace}-{service}")
         .to_ascii_lowercase()
         .replace(
             |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'),
             "-",
         );
-    name.truncate(253);
-    name.trim_end_matches(['-', '.']).to_owned()
+    if name.len() <= 253 {
+        name.trim_end_matches(['-', '.']).to_owned()
+    } else {
+        with_hash(&name, 253)
+    }
 }
 
 /// The speaker's own pod, owner of the ServiceL2Status objects it writes (as in MetalLB): when
@@ -260,16 +266,16 @@ pub async fn record(
     mut reports: mpsc::UnboundedReceiver<Report>,
 ) {
     let statuses: Api<ServiceL2Status> = Api::namespaced(client.clone(), &namespace);
-    let recorder = Recorder::new(
-        client,
-        Reporter {
-            controller: "ferrolb-speaker".into(),
-            instance: Some(node.clone()),
-        },
-    );
-    let mine = ListParams::default().labels(&format!("{NODE_LABEL}={node}"));
+    // The node's name is its reportingInstance (cut to 128 characters with a hash if longer).
+    let recorder = Events::new(client, "ferrolb-speaker", &node);
+    let mine = ListParams::default().labels(&format!("{NODE_LABEL}={}", label_value(&node)));
     let mut leftovers = Leftovers::new(match statuses.list(&mine).await {
-        Ok(list) => list.items.iter().map(|s| s.name_any()).collect(),
+        Ok(list) => list
+            .items
+            .iter()
+            .filter(|s| s.status.as_ref().is_none_or(|s| s.node == node))
+            .map(|s| s.name_any())
+            .collect(),
         Err(err) => {
             tracing::warn!("cannot list this node's ServiceL2Statuses: {err}");
             Vec::new()
@@ -409,7 +415,7 @@ async fn announce(statuses: &Api<ServiceL2Status>, record: &Record<'_>) -> Resul
     } = *record;
     let mut metadata = json!({
         "name": object_name,
-        "labels": {NODE_LABEL: node, SERVICE_NAME_LABEL: service, SERVICE_NAMESPACE_LABEL: namespace},
+        "labels": {NODE_LABEL: label_value(node), SERVICE_NAME_LABEL: service, SERVICE_NAMESPACE_LABEL: namespace},
     });
     if let Some(pod) = owner {
         metadata["ownerReferences"] = pod.owner_references();
@@ -468,28 +474,17 @@ async fn delete(statuses: &Api<ServiceL2Status>, name: &str) {
 }
 
 async fn event(
-    recorder: &Recorder,
+    recorder: &Events,
     ns: &str,
     name: &str,
     type_: EventType,
     reason: &str,
     note: String,
 ) {
-    let reference = ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Service".into()),
-        name: Some(name.to_owned()),
-        namespace: Some(ns.to_owned()),
-        ..Default::default()
-    };
-    let event = KubeEvent {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Announce".to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = recorder.publish(&event, &reference).await {
+    if let Err(err) = recorder
+        .service(ns, name, type_, reason, "Announce", &note)
+        .await
+    {
         tracing::warn!(service = %format!("{ns}/{name}"), reason, "cannot record event: {err}");
     }
 }
@@ -541,5 +536,10 @@ mod tests {
         assert_eq!(status_name("Node_1", "web", "app"), "l2-node-1-web-app");
         let long = status_name(&"n".repeat(300), "web", "app");
         assert!(long.len() <= 253 && !long.ends_with('-'));
+        assert_ne!(
+            long,
+            status_name(&"n".repeat(300), "web", "api"),
+            "cut names stay apart"
+        );
     }
 }

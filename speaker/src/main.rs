@@ -505,7 +505,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             (first, cluster, recorder)
         }
         None => {
-            let client = kube::Client::try_default().await.context(
+            let client = ferrolb_daemon::kubernetes::connect(
+                "ferrolb-speaker",
+                env!("CARGO_PKG_VERSION"),
+            )
+            .await
+            .context(
                 "reaching the Kubernetes API (in a pod: its service account; outside: KUBECONFIG); \
                  to run without Kubernetes, use --state-dir DIR",
             )?;
@@ -520,6 +525,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             else {
                 return Ok(());
             };
+            let exists = node_exists(&first, &args.node_name);
+            if !exists {
+                warn!(node = %args.node_name, "{}", missing_node(&args.node_name));
+            }
+            tokio::spawn(own_node_watch(
+                args.node_name.clone(),
+                exists,
+                cluster.clone(),
+            ));
             let pod = kubernetes::Pod::owner_of_records(
                 args.pod_name.clone(),
                 args.pod_uid.clone(),
@@ -549,6 +563,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .and_then(standalone::node_address)
             .map(|ip| SocketAddr::new(ip, port))
     });
+    if config.advertise.is_none()
+        && args.membership_bind.ip().is_unspecified()
+        && !node_exists(&first, &args.node_name)
+    {
+        anyhow::bail!(
+            "{} Its address is the membership's, so this speaker cannot join either: create the Node, or set --membership-advertise",
+            missing_node(&args.node_name)
+        );
+    }
     config.seeds = args.peers.clone();
     config
         .seeds
@@ -634,6 +657,40 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = recorder.await;
     info!("stopped");
     Ok(())
+}
+
+/// Says, loudly and whenever it changes, whether this node's Node object exists: without it the
+/// speaker joins the membership but is never elected (no Node, no candidate), which would
+/// otherwise look like a healthy speaker announcing nothing.
+async fn own_node_watch(
+    node: String,
+    mut known: bool,
+    mut cluster: tokio::sync::watch::Receiver<std::sync::Arc<node::Cluster>>,
+) {
+    while cluster.changed().await.is_ok() {
+        let exists = node_exists(&cluster.borrow_and_update(), &node);
+        if exists != known {
+            if exists {
+                info!(%node, "Node {node} exists now: this speaker can be elected");
+            } else {
+                warn!(%node, "{}", missing_node(&node));
+            }
+            known = exists;
+        }
+    }
+}
+
+fn node_exists(cluster: &node::Cluster, node: &str) -> bool {
+    cluster
+        .nodes
+        .iter()
+        .any(|n| n.metadata.name.as_deref() == Some(node))
+}
+
+fn missing_node(node: &str) -> String {
+    format!(
+        "Node {node} does not exist: this speaker is never elected, so it announces nothing until a Node of that name exists (is NODE_NAME / --node-name the Node's name?)."
+    )
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! end-to-end tests that never touch a real network.
 //!
 //! - [`apiserver`]: [`ApiServer`], an in-memory Kubernetes API on loopback for adapter tests.
+//! - [`control_plane`]: [`ControlPlane`], a real etcd + kube-apiserver + kube-controller-manager.
+//! - [`cluster`]: [`Cluster`], FerroLB installed on it as the chart installs it, the lab as nodes.
 //! - [`lab`]: [`Lab`] and [`LabBuilder`], the shape of TESTBED.md, torn down on drop.
 //! - [`netns`]: [`Namespace`], running commands inside one with bounded time and clear errors.
 //! - [`process`]: [`Background`] processes by PID: pause, resume, stop, kill.
@@ -35,6 +37,8 @@
 
 pub mod apiserver;
 pub mod capture;
+pub mod cluster;
+pub mod control_plane;
 pub mod error;
 pub mod floor;
 pub mod ingress;
@@ -50,6 +54,8 @@ pub mod tools;
 
 pub use apiserver::ApiServer;
 pub use capture::Capture;
+pub use cluster::Cluster;
+pub use control_plane::ControlPlane;
 pub use error::{LabError, Result};
 pub use ferrolb_proto::wire::MacAddr;
 pub use ingress::IngressProxy;

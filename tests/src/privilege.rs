@@ -88,6 +88,9 @@ pub fn debian_package(tool: &str) -> &str {
         "curl" => "curl",
         "nginx" => "nginx",
         "keepalived" => "keepalived",
+        "etcd" => "etcd-server",
+        "kubectl" => "kubernetes-client",
+        "setpriv" => "util-linux",
         other => other,
     }
 }

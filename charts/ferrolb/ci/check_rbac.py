@@ -24,28 +24,29 @@ def grants(component, scope, group, resource, *verbs):
 
 EXPECTED = set().union(
     # controller/src/kubernetes.rs: watch Services, write status and the pool annotation.
-    grants("controller", CLUSTER, "", "services", "get", "list", "watch", "patch"),
+    grants("controller", CLUSTER, "", "services", "list", "watch", "patch"),
     grants("controller", CLUSTER, "", "services/status", "patch"),
     # Namespace labels for serviceAllocation.namespaceSelectors.
     grants("controller", CLUSTER, "", "namespaces", "list", "watch"),
-    # kube::runtime::events::Recorder on Services (events.k8s.io/v1).
-    grants("controller", CLUSTER, "events.k8s.io", "events", "create", "patch"),
+    # ferrolb_daemon::kubernetes::Events on Services (events.k8s.io/v1): create only.
+    grants("controller", CLUSTER, "events.k8s.io", "events", "create"),
     # Pools live in the release namespace (--namespace).
     grants("controller", NAMESPACE, "metallb.io", "ipaddresspools", "list", "watch"),
     grants("controller", NAMESPACE, "metallb.io", "ipaddresspools/status", "patch"),
     # controller/src/leader.rs: get_opt, create, replace.
     grants("controller", NAMESPACE, "coordination.k8s.io", "leases", "get", "create", "update"),
     # The speaker: what the election and announcement decisions read.
-    grants("speaker", CLUSTER, "", "services", "get", "list", "watch"),
-    grants("speaker", CLUSTER, "", "nodes", "get", "list", "watch"),
-    grants("speaker", CLUSTER, "discovery.k8s.io", "endpointslices", "get", "list", "watch"),
-    grants("speaker", CLUSTER, "events.k8s.io", "events", "create", "patch"),
+    grants("speaker", CLUSTER, "", "services", "list", "watch"),
+    grants("speaker", CLUSTER, "", "nodes", "list", "watch"),
+    grants("speaker", CLUSTER, "discovery.k8s.io", "endpointslices", "list", "watch"),
+    grants("speaker", CLUSTER, "events.k8s.io", "events", "create"),
     grants("speaker", NAMESPACE, "metallb.io", "ipaddresspools", "list", "watch"),
     grants("speaker", NAMESPACE, "metallb.io", "l2advertisements", "list", "watch"),
     # The speaker pods (FERROLB_SPEAKER_SELECTOR): the nodes the quorum counts.
     grants("speaker", NAMESPACE, "", "pods", "list", "watch"),
+    # list (this node's, at start), watch, create, patch (ownership taken over), delete.
     grants("speaker", NAMESPACE, "metallb.io", "servicel2statuses",
-           "get", "list", "watch", "create", "update", "patch", "delete"),
+           "list", "watch", "create", "patch", "delete"),
     # ServiceL2Status carries only status, and its CRD has the status subresource:
     # speaker/src/kubernetes.rs creates the object, then patch_status.
     grants("speaker", NAMESPACE, "metallb.io", "servicel2statuses/status", "patch"),

@@ -24,6 +24,16 @@ SKIPPED_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
                  ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
+# Kinds the chart renders only from a Kubernetes version on (templates/admission-policy.yaml):
+# checked against the schemas of that version and later.
+SINCE = {("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): (1, 30),
+         ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): (1, 30)}
+
+
+def version_tuple(text):
+    return tuple(int(p) for p in text.split(".")[:2])
+
+
 def name_of(doc):
     return f'{doc.get("kind")} {doc.get("metadata", {}).get("name")}'
 
@@ -132,6 +142,8 @@ def main():
                 print(f"  skip {name_of(doc)}: {key[0]} has no offline Kubernetes schema")
                 continue
             for version in args.kube:
+                if version_tuple(version) < SINCE.get(key, (0, 0)):
+                    continue
                 try:
                     kubernetes_validate.validate(doc, version, strict=True)
                 except kubernetes_validate.ValidationError as err:

@@ -81,6 +81,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The controller's leader-election Lease: controller.leaderElection.leaseName, else the
+controller's own name, so two releases in one namespace never share one. */}}
+{{- define "ferrolb.leaseName" -}}
+{{- default (include "ferrolb.componentName" (dict "ctx" . "component" "controller")) .Values.controller.leaderElection.leaseName }}
+{{- end }}
+
 {{- define "ferrolb.membershipSecretName" -}}
 {{- default (include "ferrolb.componentName" (dict "ctx" . "component" "membership")) .Values.speaker.membership.existingSecret }}
 {{- end }}

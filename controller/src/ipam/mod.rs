@@ -515,6 +515,43 @@ impl Allocator {
         }
     }
 
+    /// A Service this controller does not serve (another loadBalancerClass: another install, or
+    /// another load balancer) holds `ips` in its status. Those valid in a pool are counted as
+    /// used and handed to nobody else: two answers for one IP would break both Services. Its
+    /// addresses are never changed (nothing is pending for it); [`Allocator::release`] forgets
+    /// it. Returns whether anything is held.
+    pub fn hold_foreign(&mut self, request: &ServiceRequest, ips: &[IpAddr]) -> bool {
+        let key = request.key.clone();
+        self.take_out(&key);
+        self.forget(&key);
+        if ips.is_empty() {
+            return false;
+        }
+        let intent = Intent::lenient(request, ips.len());
+        self.services.insert(Record {
+            key: key.clone(),
+            intent: intent.clone(),
+            held: None,
+            hold_only: true,
+        });
+        let recorded = request
+            .annotations
+            .get(IP_ALLOCATED_FROM_POOL)
+            .map(String::as_str);
+        match status_set(&key, ips)
+            .and_then(|ips| self.judge(&key, &intent, &ips, recorded, STATUS_FIELD))
+        {
+            Ok(held) => {
+                self.put_in(&key, held);
+                true
+            }
+            Err(_) => {
+                self.forget(&key);
+                false
+            }
+        }
+    }
+
     /// Rebuilds the state after a restart from every Service and the addresses its status
     /// holds: first every Service with addresses is restored (name order), then the others
     /// are allocated (name order). Call [`Allocator::set_pools`] first.
