@@ -207,19 +207,29 @@ impl Watch {
 #[derive(Debug)]
 pub struct Changes {
     events: mpsc::UnboundedReceiver<()>,
+    /// A burst under way: when it counts as settled. Kept here, not in the future, so that a
+    /// `select!` that drops [`changed`](Self::changed) for another branch loses no change.
+    settles_at: Option<tokio::time::Instant>,
     _watcher: notify::RecommendedWatcher,
 }
 
 impl Changes {
     /// Resolves after the next burst of relevant file events has settled. `None` if the watcher
-    /// died.
+    /// died. Cancel-safe: a call dropped mid-burst is resumed by the next.
     pub async fn changed(&mut self) -> Option<()> {
-        self.events.recv().await?;
         loop {
-            match tokio::time::timeout(SETTLE, self.events.recv()).await {
-                Ok(Some(())) => continue,
+            let Some(at) = self.settles_at else {
+                self.events.recv().await?;
+                self.settles_at = Some(tokio::time::Instant::now() + SETTLE);
+                continue;
+            };
+            match tokio::time::timeout_at(at, self.events.recv()).await {
+                Ok(Some(())) => self.settles_at = Some(tokio::time::Instant::now() + SETTLE),
                 Ok(None) => return None,
-                Err(_) => return Some(()),
+                Err(_) => {
+                    self.settles_at = None;
+                    return Some(());
+                }
             }
         }
     }
@@ -386,6 +396,7 @@ impl StateDir {
             })?;
         Ok(Changes {
             events,
+            settles_at: None,
             _watcher: watcher,
         })
     }
@@ -607,5 +618,20 @@ mod tests {
             ignored.is_err(),
             "status writes do not wake the manifest watcher"
         );
+    }
+
+    #[tokio::test]
+    async fn a_change_is_not_lost_when_another_branch_wins_the_select() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        state.write_atomic("apps/.keep.yaml", "").unwrap();
+        let mut changes = state.watch(Watch::Manifests).unwrap();
+        state.write_atomic("apps/web.yaml", POOL).unwrap();
+        // As the controller's loop does with its heartbeat: another branch is ready while the
+        // burst settles, and the call is dropped.
+        let dropped = tokio::time::timeout(SETTLE / 2, changes.changed()).await;
+        assert!(dropped.is_err(), "still settling when dropped");
+        let seen = tokio::time::timeout(Duration::from_secs(2), changes.changed()).await;
+        assert_eq!(seen.unwrap(), Some(()), "the next call still reports it");
     }
 }
