@@ -302,11 +302,15 @@ impl Engine {
             "io.kubernetes.container.name=POD".to_owned(),
             PAUSE_IMAGE.to_owned(),
         ])?;
-        if container.pid()? == 0 {
+        let pid = container.pid()?;
+        if pid == 0 {
             return Err(LabError::Spec(format!(
                 "the sandbox of pod {pod} stopped at once: {}",
                 container.log().unwrap_or_default()
             )));
+        }
+        for (key, value) in NODE_SYSCTLS {
+            set_sysctl(pid, key, value)?;
         }
         Ok(Sandbox {
             pod: pod.to_owned(),
@@ -361,6 +365,23 @@ impl Drop for Engine {
             eprintln!("ferrolb engine: teardown: {error}");
         }
     }
+}
+
+/// Writes a sysctl of the network namespace of process `pid` (from inside it: `/proc/sys/net`
+/// shows the namespace of whoever reads it).
+fn set_sysctl(pid: u32, key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["sh", "-c", "printf '%s\\n' \"$2\" > \"$1\"", "sysctl", &path, value]);
+    crate::netns::run_command(
+        cmd,
+        &format!("nsenter --net=/proc/{pid}/ns/net: {key}={value}"),
+        "(sandbox)",
+        crate::netns::DEFAULT_COMMAND_TIMEOUT,
+        true,
+    )
+    .map(drop)
 }
 
 /// Detaches every mount below `dir` (deepest first), from /proc/self/mountinfo.
@@ -492,8 +513,8 @@ impl Container {
 
 /// A node's settings where the engine changes them for the namespaces of its sandboxes: IPv6
 /// on (dockerd without `--ipv6` turns it off), and the kernel's defaults for unprivileged
-/// ports and ping sockets (the engine opens both to every user), so that what the speaker
-/// may do there is what it may do on a node.
+/// ports and ping sockets (the engine opens both to every user), so that what a pod may do
+/// there is what it may do on a node, or in a dual-stack cluster's pod network.
 const NODE_SYSCTLS: [(&str, &str); 4] = [
     ("net.ipv6.conf.all.disable_ipv6", "0"),
     ("net.ipv6.conf.default.disable_ipv6", "0"),
@@ -535,9 +556,6 @@ impl Sandbox {
         host_ip(&["netns", "del", name], name)?;
         host_ip(&["netns", "attach", name, &pid], name)?;
         let ns = host.ns();
-        for (key, value) in NODE_SYSCTLS {
-            ns.sysctl(key, value)?;
-        }
         for iface in std::iter::once("lo").chain(nics.iter().map(|n| n.name.as_str())) {
             ns.sysctl(&format!("net.ipv6.conf.{iface}.disable_ipv6"), "0")?;
         }

@@ -44,12 +44,13 @@ pub enum ProbeKind {
     Readiness,
 }
 
-/// One speaker pod's container, and what its peers had logged of it when it started.
+/// One speaker pod's container, and what its peers had logged of it when it started: by
+/// node, the peer's container and how often it had said this node came up.
 #[derive(Debug)]
 struct SpeakerPod {
     container: Container,
     run: DockerRun,
-    seen_before: BTreeMap<String, usize>,
+    seen_before: BTreeMap<String, (String, usize)>,
 }
 
 /// The chart's pods on a lab. Dropping it stops the engine and removes every container.
@@ -152,7 +153,8 @@ impl Pods {
             .filter(|(other, _)| *other != node)
             .map(|(other, pod)| {
                 let log = pod.container.log().unwrap_or_default();
-                (other.clone(), member_up_count(&log, node))
+                let seen = (pod.container.id().to_owned(), member_up_count(&log, node));
+                (other.clone(), seen)
             })
             .collect();
         let container = self.engine.run(&run.arguments())?;
@@ -235,18 +237,20 @@ impl Pods {
     pub fn wait_membership(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let logs: BTreeMap<&String, String> = self
+            let running: Vec<(&String, &SpeakerPod, String)> = self
                 .speakers
                 .iter()
                 .filter(|(_, pod)| pod.container.is_running().unwrap_or(false))
-                .map(|(node, pod)| (node, pod.container.log().unwrap_or_default()))
+                .map(|(node, pod)| (node, pod, pod.container.log().unwrap_or_default()))
                 .collect();
-            let met = logs.iter().all(|(me, _)| {
-                let pod = &self.speakers[*me];
-                logs.iter().filter(|(other, _)| *other != me).all(|(other, log)| {
-                    let before = pod.seen_before.get(*other).copied().unwrap_or(0);
-                    member_up_count(log, me) > before
-                        && member_up_count(&logs[*me], other) > 0
+            let met = running.iter().all(|(me, pod, my_log)| {
+                running.iter().filter(|(other, ..)| other != me).all(|(other, peer, log)| {
+                    // A peer started after this speaker has not said anything of it before.
+                    let before = match pod.seen_before.get(*other) {
+                        Some((id, count)) if id == peer.container.id() => *count,
+                        _ => 0,
+                    };
+                    member_up_count(log, me) > before && member_up_count(my_log, other) > 0
                 })
             });
             if met {

@@ -416,7 +416,9 @@ fn the_default_charts_pods_answer_take_over_and_hand_over_without_losing_a_reque
     // A rolling update as the DaemonSet does it: one node at a time, the old pod stopped with
     // SIGTERM and the pod's grace period, the new one started, the next node once it is ready.
     let grace = rendered.speaker_pod().unwrap().termination_grace_period_seconds.unwrap();
-    let load = RequestLoad::start(journey.client(), journey.lab.dir(), ip, 200, Duration::from_millis(3)).unwrap();
+    let rate = 200;
+    let load = RequestLoad::start(journey.client(), journey.lab.dir(), ip, rate, Duration::from_millis(3)).unwrap();
+    let loaded = Instant::now();
     thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
     let mut stops = Vec::new();
@@ -443,7 +445,186 @@ fn the_default_charts_pods_answer_take_over_and_hand_over_without_losing_a_reque
         report.reset,
         report.line
     );
-    assert!(report.sent > 1000, "the client kept its rate: {}", report.line);
+    let at_rate = f64::from(rate) * loaded.elapsed().as_secs_f64();
+    assert!(report.sent as f64 > at_rate / 2.0, "the client kept half its rate at least ({at_rate:.0}): {}", report.line);
     assert_eq!(report.failed, 0, "no request lost: {}", report.line);
     reach(&journey, "web", ip);
+}
+
+#[test]
+fn the_max_values_pods_serve_their_class_on_their_port_and_take_over() {
+    lab_or_skip!("arping", "curl", "nginx", "nft", "dockerd", "nsenter", "tar", "ss");
+    let Some(archive) = pods::require() else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rendered = max_render();
+    let (mut journey, mut pods) = stage(&archive, &rendered, 3);
+    speakers_ready(&journey, &pods);
+    check_processes(&journey, &pods, &rendered, "max values");
+    for node in journey.lab.nodes() {
+        let speaker = pods.speaker(node.name()).unwrap();
+        let environ = proc_file(speaker, "environ");
+        // $(HOST_IP) expanded as the kubelet does, from status.hostIP.
+        let advertise = format!("FERROLB_MEMBERSHIP_ADVERTISE={}:7947", node.ipv4());
+        assert!(environ.split('\0').any(|v| v == advertise), "{advertise}");
+        let sockets = node.ns().run(["ss", "-Hulnp"]).unwrap();
+        let sockets = String::from_utf8_lossy(&sockets.stdout).into_owned();
+        assert!(sockets.contains("0.0.0.0:7947"), "membership on 7947:\n{sockets}");
+        let log = speaker.log().unwrap();
+        assert!(
+            log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+            "json logs:\n{log}"
+        );
+    }
+    // The Service without the class is not this install's; the one with it is.
+    let class = "example.org/ferrolb";
+    journey
+        .install
+        .write("apps/other.yaml", &manifests::service("demo", "other").yaml())
+        .unwrap();
+    let ip = service(&mut journey, "web", Some(class));
+    assert!(journey.install.service_ips("demo", "other").is_empty(), "a Service of another class got an IP");
+    reach(&journey, "web", ip);
+    let figures = kill_owner_trials(&mut journey, &mut pods, ip, 2);
+    assert!(figures.iter().all(|d| *d < TAKEOVER), "every takeover within {TAKEOVER:?}: {figures:?}");
+}
+
+/// The nftables tables in `node`'s namespace, one `table FAMILY NAME` per line.
+fn nft_tables(node: &Host) -> Vec<String> {
+    let out = node.ns().run(["nft", "list", "tables"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// Waits until `every` (or else any) running speaker has logged `needle`; returns the nodes
+/// that have.
+fn wait_logged(journey: &Journey, pods: &Pods, needle: &str, every: bool) -> Vec<String> {
+    let deadline = Instant::now() + READY;
+    loop {
+        let logged: Vec<String> = journey
+            .lab
+            .nodes()
+            .iter()
+            .filter(|n| pods.speaker(n.name()).unwrap().log().unwrap().contains(needle))
+            .map(|n| n.name().to_owned())
+            .collect();
+        let enough = if every { logged.len() == journey.lab.nodes().len() } else { !logged.is_empty() };
+        if enough {
+            return logged;
+        }
+        assert!(Instant::now() < deadline, "{needle:?} logged only by {logged:?}:\n{}", pods.speaker_logs());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Moves `ip` away from its owner and back while both stay up (a graceful restart of the
+/// owner's speaker), so the returning owner carries the connections made through the other.
+fn move_and_back(journey: &Journey, pods: &mut Pods, ip: Ipv4Addr) -> Host {
+    let owner = journey.arp_owner("eth0", ip, ALLOCATE).unwrap().clone();
+    pods.stop_speaker(owner.name()).unwrap();
+    journey.arp_until("eth0", ip, ALLOCATE, |mac| mac != owner.mac()).unwrap();
+    pods.start_speaker(owner.name()).unwrap();
+    pods.wait_membership(MEMBERSHIP).unwrap();
+    journey.arp_until("eth0", ip, ALLOCATE, |mac| mac == owner.mac()).unwrap();
+    owner
+}
+
+#[test]
+fn each_capability_the_chart_grants_is_needed_and_what_breaks_without_it() {
+    lab_or_skip!("arping", "curl", "nginx", "nft", "dockerd", "nsenter", "tar");
+    let Some(archive) = pods::require() else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rendered = default_render();
+    let (mut journey, mut pods) = stage(&archive, &rendered, 2);
+    let ip = service(&mut journey, "web", None);
+
+    // Everything granted: the owner answers alone, its kernel skips the requests it answers
+    // (table arp ferrolb), and after a move back it carries connections (table ip ferrolb).
+    reach(&journey, "web", ip);
+    let owner = move_and_back(&journey, &mut pods, ip);
+    let tables = nft_tables(&owner);
+    println!("all granted: {} answers, tables {tables:?}", owner.name());
+    assert!(tables.iter().any(|t| t == "table arp ferrolb"), "{tables:?}");
+    assert!(tables.iter().any(|t| t == "table ip ferrolb"), "{tables:?}");
+
+    let granted = capabilities_added(&rendered.speaker_pod().unwrap());
+    assert_eq!(granted, ["NET_ADMIN", "NET_RAW"]);
+    for removed in &granted {
+        for node in journey.lab.nodes() {
+            pods.stop_speaker(node.name()).unwrap();
+        }
+        let caps = pods.speaker_pod_mut().containers[0]
+            .security_context
+            .as_mut()
+            .and_then(|s| s.capabilities.as_mut())
+            .unwrap();
+        caps.add = Some(granted.iter().filter(|c| *c != removed).cloned().collect());
+        pods.start_speakers().unwrap();
+        pods.wait_membership(MEMBERSHIP).unwrap();
+        match removed.as_str() {
+            "NET_RAW" => {
+                // No packet socket: nothing answers ARP, on any node.
+                let refused = wait_logged(&journey, &pods, "creating an AF_PACKET socket (needs CAP_NET_RAW)", false);
+                let answers = journey.arp_answers("eth0", ip, 20).unwrap();
+                let ready: Vec<bool> = journey
+                    .lab
+                    .nodes()
+                    .iter()
+                    .map(|n| pods.probe_speaker(n.name(), ProbeKind::Readiness).unwrap())
+                    .collect();
+                println!("without NET_RAW: {} ARP answers of 20; the socket refused on {refused:?}; the speakers' readiness {ready:?}", answers.len());
+                assert!(answers.is_empty(), "{answers:?}");
+            }
+            "NET_ADMIN" => {
+                // ARP is answered, by one node; the kernel's ARP skip and carrying are refused.
+                wait_logged(&journey, &pods, "the kernel refused table arp ferrolb (needs CAP_NET_ADMIN", true);
+                reach(&journey, "web", ip);
+                let owner = move_and_back(&journey, &mut pods, ip);
+                let log = pods.speaker(owner.name()).unwrap().log().unwrap();
+                assert!(log.contains("connections in flight across a move (ip) will be reset"), "{log}");
+                for node in journey.lab.nodes() {
+                    let tables = nft_tables(node);
+                    assert!(!tables.iter().any(|t| t.ends_with(" ferrolb")), "{}: {tables:?}", node.name());
+                }
+                println!("without NET_ADMIN: {} answers alone; no table ferrolb on any node; moves reset connections in flight", owner.name());
+            }
+            other => panic!("the chart grants {other}; this test does not know what for (docs/security.md)"),
+        }
+    }
+}
+
+/// A product bug this tier found, kept as a failing test until fixed (run with `--ignored`):
+/// a speaker whose packet socket is refused (no NET_RAW) answers no ARP, yet stays ready and
+/// keeps the IPs the election gives it, so its VIPs are dark while a peer could answer.
+#[test]
+#[ignore = "speaker bug: a speaker that cannot open its packet socket stays ready and keeps its IPs"]
+fn a_speaker_that_cannot_answer_is_not_ready_and_its_ips_move() {
+    lab_or_skip!("arping", "curl", "nginx", "nft", "dockerd", "nsenter", "tar");
+    let Some(archive) = pods::require() else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rendered = default_render();
+    let (mut journey, mut pods) = stage(&archive, &rendered, 2);
+    let ip = service(&mut journey, "web", None);
+    let owner = reach(&journey, "web", ip);
+    pods.stop_speaker(owner.name()).unwrap();
+    let caps = pods.speaker_pod_mut().containers[0]
+        .security_context
+        .as_mut()
+        .and_then(|s| s.capabilities.as_mut())
+        .unwrap();
+    caps.add = Some(vec!["NET_ADMIN".to_owned()]);
+    pods.start_speaker(owner.name()).unwrap();
+    pods.wait_membership(MEMBERSHIP).unwrap();
+    wait_logged(&journey, &pods, "creating an AF_PACKET socket (needs CAP_NET_RAW)", false);
+    pods.wait_probe("the crippled speaker turning not ready", READY, |p| {
+        p.probe_speaker(owner.name(), ProbeKind::Readiness).map(|ready| !ready)
+    })
+    .unwrap();
+    journey
+        .arp_until("eth0", ip, ALLOCATE, |mac| mac != owner.mac())
+        .unwrap_or_else(|e| panic!("{ip} stays dark on {}: {e}", owner.name()));
 }
