@@ -438,7 +438,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
-        state.write_atomic("status/services/web/app.yaml", POOL).unwrap();
+        state
+            .write_atomic("status/services/web/app.yaml", POOL)
+            .unwrap();
         let mode = std::fs::metadata(dir.path().join("status/services/web/app.yaml"))
             .unwrap()
             .permissions()

@@ -83,7 +83,11 @@ impl Rendered {
             })?;
         if !output.status.success() {
             return Err(LabError::CommandFailed {
-                command: format!("helm template ferrolb {} {}", chart.display(), args.join(" ")),
+                command: format!(
+                    "helm template ferrolb {} {}",
+                    chart.display(),
+                    args.join(" ")
+                ),
                 namespace: "(host)".to_owned(),
                 status: output.status.to_string(),
                 stdout: String::new(),
@@ -136,12 +140,18 @@ impl Rendered {
 
     /// The speaker pods' spec.
     pub fn speaker_pod(&self) -> Result<PodSpec> {
-        pod_spec(self.daemon_set()?.spec.and_then(|s| s.template.spec), "DaemonSet")
+        pod_spec(
+            self.daemon_set()?.spec.and_then(|s| s.template.spec),
+            "DaemonSet",
+        )
     }
 
     /// The controller pods' spec.
     pub fn controller_pod(&self) -> Result<PodSpec> {
-        pod_spec(self.deployment()?.spec.and_then(|s| s.template.spec), "Deployment")
+        pod_spec(
+            self.deployment()?.spec.and_then(|s| s.template.spec),
+            "Deployment",
+        )
     }
 
     /// The rendered Secret named `name`, its data decoded.
@@ -205,7 +215,10 @@ mod tests {
         assert_eq!(data.get("key").map(|b| b.0.as_slice()), Some(&b"abc"[..]));
         let pod = rendered.speaker_pod().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(pod.containers[0].name, "speaker");
-        assert_eq!(rendered.name_of("DaemonSet").ok().as_deref(), Some("ferrolb-speaker"));
+        assert_eq!(
+            rendered.name_of("DaemonSet").ok().as_deref(),
+            Some("ferrolb-speaker")
+        );
         assert!(rendered.deployment().is_err(), "no Deployment rendered");
         assert!(rendered.secret("other").is_err());
     }

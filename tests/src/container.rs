@@ -188,7 +188,11 @@ impl Engine {
     fn wait_answering(&mut self) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if self.shared.stdout(["version", "--format", "{{.Server.Version}}"]).is_ok() {
+            if self
+                .shared
+                .stdout(["version", "--format", "{{.Server.Version}}"])
+                .is_ok()
+            {
                 return Ok(());
             }
             let exited = self.daemon.try_wait().ok().flatten();
@@ -234,7 +238,8 @@ impl Engine {
 
     /// `docker load -i ARCHIVE`; returns the image references it loaded.
     pub fn load(&self, archive: &Path) -> Result<Vec<String>> {
-        let out = self.stdout([Path::new("load").as_os_str(), "-i".as_ref(), archive.as_os_str()])?;
+        let archive = archive.to_string_lossy();
+        let out = self.stdout(["load", "-i", &archive])?;
         Ok(out
             .lines()
             .filter_map(|line| line.strip_prefix("Loaded image: "))
@@ -261,16 +266,14 @@ impl Engine {
             .status()
             .map_err(io("running tar".to_owned()))?;
         if !status.success() {
-            return Err(LabError::Spec(format!("tar of the pause image failed: {status}")));
+            return Err(LabError::Spec(format!(
+                "tar of the pause image failed: {status}"
+            )));
         }
-        self.docker([
-            "import".as_ref(),
-            "--change".as_ref(),
-            r#"ENTRYPOINT ["/sleep", "2147483647"]"#.as_ref(),
-            tar.as_os_str(),
-            PAUSE_IMAGE.as_ref(),
-        ])
-        .map(drop)
+        let tar = tar.to_string_lossy();
+        let entrypoint = r#"ENTRYPOINT ["/sleep", "2147483647"]"#;
+        self.docker(["import", "--change", entrypoint, &tar, PAUSE_IMAGE])
+            .map(drop)
     }
 
     /// `docker run -d ARGS...`: the container, registered for removal at teardown.
@@ -372,8 +375,14 @@ impl Drop for Engine {
 fn set_sysctl(pid: u32, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(["sh", "-c", "printf '%s\\n' \"$2\" > \"$1\"", "sysctl", &path, value]);
+    cmd.arg(format!("--net=/proc/{pid}/ns/net")).args([
+        "sh",
+        "-c",
+        "printf '%s\\n' \"$2\" > \"$1\"",
+        "sysctl",
+        &path,
+        value,
+    ]);
     crate::netns::run_command(
         cmd,
         &format!("nsenter --net=/proc/{pid}/ns/net: {key}={value}"),
@@ -548,8 +557,9 @@ impl Sandbox {
     pub fn adopt(&self, host: &Host) -> Result<()> {
         let pid = self.container.pid()?.to_string();
         let name = host.namespace();
-        let nics: Vec<crate::lab::Nic> =
-            std::iter::once(host.eth0().clone()).chain(host.eth1().cloned()).collect();
+        let nics: Vec<crate::lab::Nic> = std::iter::once(host.eth0().clone())
+            .chain(host.eth1().cloned())
+            .collect();
         for nic in &nics {
             host.ns().ip(["link", "set", &nic.name, "netns", &pid])?;
         }
@@ -708,14 +718,20 @@ mod tests {
         let writable = MOUNTINFO.replacen(" / ro,", " / rw,", 1);
         let facts = ProcessFacts::parse(STATUS, &writable).unwrap_or_else(|| panic!("parsed"));
         assert!(!facts.read_only_root);
-        assert!(ProcessFacts::parse("Uid:\t0\n", MOUNTINFO).is_none(), "missing lines");
+        assert!(
+            ProcessFacts::parse("Uid:\t0\n", MOUNTINFO).is_none(),
+            "missing lines"
+        );
     }
 
     #[test]
     fn capability_bits_have_their_names() {
         assert_eq!(capability_names(0), Vec::<String>::new());
         assert_eq!(capability_names(1 << 13), ["NET_RAW"]);
-        assert_eq!(capability_names(1 << 40 | 1), ["CHOWN", "CHECKPOINT_RESTORE"]);
+        assert_eq!(
+            capability_names(1 << 40 | 1),
+            ["CHOWN", "CHECKPOINT_RESTORE"]
+        );
         assert_eq!(capability_names(1 << 50), ["bit50"]);
     }
 }

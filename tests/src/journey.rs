@@ -49,7 +49,10 @@ impl Journey {
 
     /// [`new`](Self::new) with the install `prepare` makes of the lab
     /// ([`Install::without_binaries`] for FerroLB in containers).
-    pub fn with(builder: LabBuilder, prepare: impl FnOnce(&Lab) -> Result<Install>) -> Result<Journey> {
+    pub fn with(
+        builder: LabBuilder,
+        prepare: impl FnOnce(&Lab) -> Result<Install>,
+    ) -> Result<Journey> {
         let lab = builder.ingress().build()?;
         let ingress_host = lab
             .ingress()

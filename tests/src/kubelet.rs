@@ -195,9 +195,12 @@ fn environment(
                             && from.config_map_key_ref.is_none()
                             && from.resource_field_ref.is_none()
                     })
-                    .ok_or_else(|| bad(format!("env {}: a valueFrom other than fieldRef", var.name)))?;
-                field_value(&field.field_path, pod, facts)
-                    .ok_or_else(|| bad(format!("env {}: fieldRef {}", var.name, field.field_path)))?
+                    .ok_or_else(|| {
+                        bad(format!("env {}: a valueFrom other than fieldRef", var.name))
+                    })?;
+                field_value(&field.field_path, pod, facts).ok_or_else(|| {
+                    bad(format!("env {}: fieldRef {}", var.name, field.field_path))
+                })?
             }
             (Some(value), None) => expand(value, |name| {
                 env.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v)
@@ -300,7 +303,9 @@ fn security(
             None => {
                 let uid = image_user.split(':').next().unwrap_or_default();
                 match uid.parse::<u32>() {
-                    Ok(0) => return Err(refused(format!("the image's user `{image_user}` is root"))),
+                    Ok(0) => {
+                        return Err(refused(format!("the image's user `{image_user}` is root")));
+                    }
                     Ok(_) => {}
                     Err(_) if uid.is_empty() || uid == "root" => {
                         return Err(refused("the image runs as root (no USER)".to_owned()));
@@ -360,10 +365,15 @@ fn resources(run: &mut DockerRun, container: &Container) -> Result<(), KubeletEr
         container: container.name.clone(),
         what,
     };
-    let get = |map: &Option<BTreeMap<String, Quantity>>, key: &str| -> Result<Option<f64>, KubeletError> {
+    let get = |map: &Option<BTreeMap<String, Quantity>>,
+               key: &str|
+     -> Result<Option<f64>, KubeletError> {
         map.as_ref()
             .and_then(|m| m.get(key))
-            .map(|q| quantity(&q.0).ok_or_else(|| invalid(format!("resource {key}: `{}` is not a quantity", q.0))))
+            .map(|q| {
+                quantity(&q.0)
+                    .ok_or_else(|| invalid(format!("resource {key}: `{}` is not a quantity", q.0)))
+            })
             .transpose()
     };
     if let Some(bytes) = get(&resources.limits, "memory")? {
@@ -377,7 +387,10 @@ fn resources(run: &mut DockerRun, container: &Container) -> Result<(), KubeletEr
     }
     if let Some(cpus) = get(&resources.limits, "cpu")? {
         run.option("--cpu-period", "100000");
-        run.option("--cpu-quota", ((cpus * 100_000.0) as u64).max(1000).to_string());
+        run.option(
+            "--cpu-quota",
+            ((cpus * 100_000.0) as u64).max(1000).to_string(),
+        );
     }
     Ok(())
 }
@@ -442,7 +455,11 @@ fn mounts(
             .volumes
             .get(&mount.name)
             .ok_or_else(|| problem("the caller laid out no content for it".to_owned()))?;
-        let mode = if mount.read_only == Some(true) { ":ro" } else { "" };
+        let mode = if mount.read_only == Some(true) {
+            ":ro"
+        } else {
+            ""
+        };
         run.option(
             "-v",
             format!("{}:{}{mode}", host.display(), mount.mount_path),
@@ -510,7 +527,7 @@ containers:
       - {name: membership-key, mountPath: /etc/ferrolb/membership, readOnly: true}
 volumes:
   - name: membership-key
-    secret: {secretName: ferrolb-membership, defaultMode: 0400}
+    secret: {secretName: ferrolb-membership, defaultMode: 256}
 "#;
 
     #[test]
@@ -599,7 +616,9 @@ containers:
         assert_eq!(got.env("AFTER"), Some("v-$(LATE)"));
         assert_eq!(got.args, ["v-$(LATE)", "$(LATE)"]);
         assert!(
-            got.options.windows(2).any(|w| w == ["--security-opt", "seccomp=unconfined"]),
+            got.options
+                .windows(2)
+                .any(|w| w == ["--security-opt", "seccomp=unconfined"]),
             "no seccomp profile is Unconfined: {:?}",
             got.options
         );
@@ -627,7 +646,12 @@ containers:
         ));
         let explicit = run(&spec("{runAsNonRoot: true, runAsUser: 65532}"), "0")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(explicit.options.windows(2).any(|w| w == ["--user", "65532"]));
+        assert!(
+            explicit
+                .options
+                .windows(2)
+                .any(|w| w == ["--user", "65532"])
+        );
     }
 
     #[test]
@@ -646,7 +670,10 @@ containers:
     image: x
     env: [{name: K, valueFrom: {secretKeyRef: {name: s, key: k}}}]
 "#);
-        assert!(matches!(run(&secret, "0"), Err(KubeletError::Unsupported { .. })));
+        assert!(matches!(
+            run(&secret, "0"),
+            Err(KubeletError::Unsupported { .. })
+        ));
         let undeclared = pod(r#"
 containers:
   - name: speaker
@@ -662,13 +689,21 @@ containers:
     volumeMounts: [{name: membership-key, mountPath: /etc/k, subPath: key}]
 volumes: [{name: membership-key, emptyDir: {}}]
 "#);
-        assert!(matches!(run(&sub_path, "0"), Err(KubeletError::Unsupported { .. })));
         assert!(matches!(
-            docker_run(&pod(SPEAKER), "controller", &facts(), &Placement {
-                sandbox: "s",
-                volumes: &BTreeMap::new(),
-                image_user: "0",
-            }),
+            run(&sub_path, "0"),
+            Err(KubeletError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            docker_run(
+                &pod(SPEAKER),
+                "controller",
+                &facts(),
+                &Placement {
+                    sandbox: "s",
+                    volumes: &BTreeMap::new(),
+                    image_user: "0",
+                }
+            ),
             Err(KubeletError::NoContainer(_))
         ));
     }

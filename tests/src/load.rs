@@ -132,7 +132,8 @@ mod tests {
     fn the_clients_line_reads() {
         let report = LoadReport::parse("2301 0 0 {}\n").unwrap_or_else(|| panic!("parsed"));
         assert_eq!((report.sent, report.failed, report.reset), (2301, 0, 0));
-        let report = LoadReport::parse("10 2 1 {'timed out': 1}").unwrap_or_else(|| panic!("parsed"));
+        let report =
+            LoadReport::parse("10 2 1 {'timed out': 1}").unwrap_or_else(|| panic!("parsed"));
         assert_eq!((report.failed, report.reset), (2, 1));
         assert!(LoadReport::parse("Traceback (most recent call last):").is_none());
         assert!(LoadReport::parse("").is_none());

@@ -20,7 +20,7 @@ use crate::chart::{NAMESPACE, Rendered};
 use crate::container::{Container, Engine, Sandbox};
 use crate::error::{LabError, Result};
 use crate::install::Install;
-use crate::kubelet::{self, DockerRun, PodFacts, Placement};
+use crate::kubelet::{self, DockerRun, Placement, PodFacts};
 use crate::lab::{Host, Lab};
 
 /// Where the state directory is mounted in every pod.
@@ -244,14 +244,17 @@ impl Pods {
                 .map(|(node, pod)| (node, pod, pod.container.log().unwrap_or_default()))
                 .collect();
             let met = running.iter().all(|(me, pod, my_log)| {
-                running.iter().filter(|(other, ..)| other != me).all(|(other, peer, log)| {
-                    // A peer started after this speaker has not said anything of it before.
-                    let before = match pod.seen_before.get(*other) {
-                        Some((id, count)) if id == peer.container.id() => *count,
-                        _ => 0,
-                    };
-                    member_up_count(log, me) > before && member_up_count(my_log, other) > 0
-                })
+                running
+                    .iter()
+                    .filter(|(other, ..)| other != me)
+                    .all(|(other, peer, log)| {
+                        // A peer started after this speaker has not said anything of it before.
+                        let before = match pod.seen_before.get(*other) {
+                            Some((id, count)) if id == peer.container.id() => *count,
+                            _ => 0,
+                        };
+                        member_up_count(log, me) > before && member_up_count(my_log, other) > 0
+                    })
             });
             if met {
                 return Ok(());
@@ -287,7 +290,13 @@ impl Pods {
             .controller
             .as_ref()
             .ok_or_else(|| LabError::Spec("no controller pod".to_owned()))?;
-        probe(&self.controller_pod, "controller", kind, container, "127.0.0.1")
+        probe(
+            &self.controller_pod,
+            "controller",
+            kind,
+            container,
+            "127.0.0.1",
+        )
     }
 
     /// Probes until `done` holds for the probe's answer, or fails after `timeout`.
@@ -316,7 +325,10 @@ impl Pods {
         self.speakers
             .iter()
             .map(|(node, pod)| {
-                format!("--- speaker {node}:\n{}", pod.container.log().unwrap_or_default())
+                format!(
+                    "--- speaker {node}:\n{}",
+                    pod.container.log().unwrap_or_default()
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -364,7 +376,10 @@ impl Pods {
             source,
         })?;
         run.option("-e", format!("FERROLB_STATE_DIR={STATE_DIR_IN_POD}"));
-        run.option("-v", format!("{}:{STATE_DIR_IN_POD}", self.state_dir.display()));
+        run.option(
+            "-v",
+            format!("{}:{STATE_DIR_IN_POD}", self.state_dir.display()),
+        );
         Ok(())
     }
 }
@@ -374,8 +389,14 @@ impl Drop for Pods {
     /// engine goes with them.
     fn drop(&mut self) {
         let dir = &self.work;
-        let speakers = self.speakers.iter().map(|(node, pod)| (format!("speaker-{node}"), &pod.container));
-        let controller = self.controller.iter().map(|(c, _)| ("controller".to_owned(), c));
+        let speakers = self
+            .speakers
+            .iter()
+            .map(|(node, pod)| (format!("speaker-{node}"), &pod.container));
+        let controller = self
+            .controller
+            .iter()
+            .map(|(c, _)| ("controller".to_owned(), c));
         for (name, container) in speakers.chain(controller) {
             if let Ok(log) = container.log() {
                 let _ = std::fs::write(dir.join(format!("{name}.log")), log);
@@ -414,7 +435,9 @@ fn user_of(run: &DockerRun, image_user: &str) -> Result<(u32, u32)> {
     match (number(parts.next()), number(parts.next())) {
         (Some(Ok(uid)), Some(Ok(gid))) => Ok((uid, gid)),
         (Some(Ok(uid)), None) => Ok((uid, uid)),
-        _ => Err(LabError::Spec(format!("user `{user}` is not numeric uid[:gid]"))),
+        _ => Err(LabError::Spec(format!(
+            "user `{user}` is not numeric uid[:gid]"
+        ))),
     }
 }
 
@@ -456,13 +479,25 @@ fn lay_out_volumes(
         let items: Vec<(String, String, i32)> = match &source.items {
             Some(items) => items
                 .iter()
-                .map(|i| (i.key.clone(), i.path.clone(), i.mode.unwrap_or(default_mode)))
+                .map(|i| {
+                    (
+                        i.key.clone(),
+                        i.path.clone(),
+                        i.mode.unwrap_or(default_mode),
+                    )
+                })
                 .collect(),
-            None => data.keys().map(|k| (k.clone(), k.clone(), default_mode)).collect(),
+            None => data
+                .keys()
+                .map(|k| (k.clone(), k.clone(), default_mode))
+                .collect(),
         };
         for (key, path, mode) in items {
             let bytes = data.get(&key).ok_or_else(|| {
-                LabError::Spec(format!("Secret {name} has no key {key} (volume {})", volume.name))
+                LabError::Spec(format!(
+                    "Secret {name} has no key {key} (volume {})",
+                    volume.name
+                ))
             })?;
             let file = dir.join(&path);
             std::fs::write(&file, &bytes.0).map_err(io(format!("writing {}", file.display())))?;
@@ -521,7 +556,10 @@ fn probe(
             context: format!("probing {url}"),
             source,
         })?;
-    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let code: u16 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     Ok((200..400).contains(&code))
 }
 
@@ -530,15 +568,15 @@ pub fn member_up_count(log: &str, member: &str) -> usize {
     let text = format!("member=\"{member}\"");
     log.lines()
         .filter(|line| line.contains("member up"))
-        .filter(|line| {
-            match serde_json::from_str::<serde_json::Value>(line) {
+        .filter(
+            |line| match serde_json::from_str::<serde_json::Value>(line) {
                 Ok(json) => {
                     json.get("message").and_then(|m| m.as_str()) == Some("member up")
                         && json.get("member").and_then(|m| m.as_str()) == Some(member)
                 }
                 Err(_) => line.contains(&text),
-            }
-        })
+            },
+        )
         .count()
 }
 
@@ -566,7 +604,10 @@ mod tests {
             image: "i".to_owned(),
             args: Vec::new(),
         };
-        assert_eq!(user_of(&run(&["--user", "0:0"]), "65532").ok(), Some((0, 0)));
+        assert_eq!(
+            user_of(&run(&["--user", "0:0"]), "65532").ok(),
+            Some((0, 0))
+        );
         assert_eq!(user_of(&run(&[]), "65532:65532").ok(), Some((65532, 65532)));
         assert_eq!(user_of(&run(&["--user", "7"]), "").ok(), Some((7, 7)));
         assert!(user_of(&run(&[]), "nonroot").is_err());

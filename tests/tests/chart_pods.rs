@@ -117,7 +117,12 @@ fn reach(journey: &Journey, service: &str, ip: Ipv4Addr) -> Host {
         .unwrap_or_else(|e| panic!("{e}"))
         .clone();
     let macs = journey.arp_answers("eth0", ip, 5).unwrap();
-    assert_eq!(macs, vec![owner.mac(); 5], "{ip}: every answer from {}", owner.name());
+    assert_eq!(
+        macs,
+        vec![owner.mac(); 5],
+        "{ip}: every answer from {}",
+        owner.name()
+    );
     let deadline = Instant::now() + ALLOCATE;
     let records = loop {
         let records = journey.install.recorded_owners("demo", service);
@@ -126,7 +131,11 @@ fn reach(journey: &Journey, service: &str, ip: Ipv4Addr) -> Host {
         }
         thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(records, [owner.name().to_owned()], "{service}: the record names the owner");
+    assert_eq!(
+        records,
+        [owner.name().to_owned()],
+        "{service}: the record names the owner"
+    );
     let page = journey.curl_until(IpAddr::V4(ip), ALLOCATE).unwrap();
     assert!(page.starts_with("ingress proxy ing"), "{page}");
     assert_eq!(
@@ -146,6 +155,18 @@ fn capabilities_added(pod: &k8s_openapi::api::core::v1::PodSpec) -> Vec<String> 
         .unwrap_or_default();
     added.sort();
     added
+}
+
+/// The speaker's one volume mount and the Secret behind it.
+fn membership_volume(pod: &k8s_openapi::api::core::v1::PodSpec) -> (String, String) {
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+    let [mount] = mounts.as_slice() else {
+        panic!("one volume mount: {mounts:?}");
+    };
+    let volumes = pod.volumes.clone().unwrap();
+    let volume = volumes.iter().find(|v| v.name == mount.name).unwrap();
+    let secret = volume.secret.clone().unwrap().secret_name.unwrap();
+    (mount.mount_path.clone(), secret)
 }
 
 fn proc_file(container: &Container, file: &str) -> String {
@@ -171,11 +192,23 @@ fn check_processes(journey: &Journey, pods: &Pods, rendered: &Rendered, name: &s
         );
         let mut effective = capability_names(facts.effective);
         effective.sort();
-        assert_eq!(effective, wanted_caps, "{name}: the speaker's effective capabilities");
-        assert_eq!(facts.bounding, facts.effective, "{name}: nothing more can be gained");
+        assert_eq!(
+            effective, wanted_caps,
+            "{name}: the speaker's effective capabilities"
+        );
+        assert_eq!(
+            facts.bounding, facts.effective,
+            "{name}: nothing more can be gained"
+        );
         assert_eq!(facts.ambient, 0);
-        assert!(facts.no_new_privs && facts.read_only_root, "{name}: {facts:?}");
-        assert_eq!(facts.seccomp, 2, "{name}: RuntimeDefault is a seccomp filter");
+        assert!(
+            facts.no_new_privs && facts.read_only_root,
+            "{name}: {facts:?}"
+        );
+        assert_eq!(
+            facts.seccomp, 2,
+            "{name}: RuntimeDefault is a seccomp filter"
+        );
 
         let cmdline: Vec<String> = proc_file(speaker, "cmdline")
             .split('\0')
@@ -203,26 +236,37 @@ fn check_processes(journey: &Journey, pods: &Pods, rendered: &Rendered, name: &s
             assert!(env.contains(&format!("{var}={value}").as_str()), "{var}");
         }
 
-        let key = PathBuf::from(format!("/proc/{}/root/etc/ferrolb/membership/key", speaker.pid().unwrap()));
-        let secret = rendered
-            .secret(&speaker_pod.volumes.as_ref().unwrap()[0].secret.as_ref().unwrap().secret_name.clone().unwrap())
-            .unwrap();
+        // The Secret's key, at the file the environment names, inside the volume's mount.
+        let (mount, secret) = membership_volume(&speaker_pod);
+        let key_file = run.env("FERROLB_MEMBERSHIP_KEY_FILE").unwrap();
+        assert!(
+            Path::new(key_file).starts_with(&mount),
+            "{key_file} under {mount}"
+        );
+        let key = PathBuf::from(format!("/proc/{}/root{key_file}", speaker.pid().unwrap()));
+        let data = rendered.secret(&secret).unwrap().data.unwrap();
         assert_eq!(
             std::fs::read(&key).unwrap(),
-            secret.data.unwrap()["key"].0,
+            data["key"].0,
             "{name}: the Secret's key is at the mount"
         );
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o400);
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o400
+        );
         let mountinfo = proc_file(speaker, "mountinfo");
         assert!(
             mountinfo.lines().any(|l| {
                 let f: Vec<&str> = l.split(' ').collect();
-                f.get(4) == Some(&"/etc/ferrolb/membership") && f.get(5).is_some_and(|o| o.starts_with("ro"))
+                f.get(4) == Some(&mount.as_str()) && f.get(5).is_some_and(|o| o.starts_with("ro"))
             }),
             "{name}: the Secret is mounted read-only:\n{mountinfo}"
         );
-        assert!(pods.probe_speaker(node.name(), ProbeKind::Liveness).unwrap());
+        assert!(
+            pods.probe_speaker(node.name(), ProbeKind::Liveness)
+                .unwrap()
+        );
     }
 
     let controller = pods.controller().unwrap();
@@ -234,8 +278,15 @@ fn check_processes(journey: &Journey, pods: &Pods, rendered: &Rendered, name: &s
         "{name}: the controller runs as the spec says"
     );
     assert_ne!(facts.uid, 0, "{name}: the controller is not root");
-    assert_eq!((facts.effective, facts.permitted, facts.bounding), (0, 0, 0), "{name}: no capability at all");
-    assert!(facts.no_new_privs && facts.read_only_root, "{name}: {facts:?}");
+    assert_eq!(
+        (facts.effective, facts.permitted, facts.bounding),
+        (0, 0, 0),
+        "{name}: no capability at all"
+    );
+    assert!(
+        facts.no_new_privs && facts.read_only_root,
+        "{name}: {facts:?}"
+    );
     assert_eq!(facts.seccomp, 2);
     assert!(pods.probe_controller(ProbeKind::Liveness).unwrap());
 }
@@ -259,7 +310,12 @@ fn random_phase() {
 /// SIGKILLs the owner's speaker container `trials` times; each time the client must see
 /// another node's MAC within [`TAKEOVER`], and the owner, restarted in its sandbox as the
 /// kubelet restarts a crashed container, must take its IP back.
-fn kill_owner_trials(journey: &mut Journey, pods: &mut Pods, ip: Ipv4Addr, trials: usize) -> Vec<Duration> {
+fn kill_owner_trials(
+    journey: &mut Journey,
+    pods: &mut Pods,
+    ip: Ipv4Addr,
+    trials: usize,
+) -> Vec<Duration> {
     let mut figures = Vec::new();
     for trial in 0..trials {
         let owner = journey.arp_owner("eth0", ip, ALLOCATE).unwrap().clone();
@@ -269,23 +325,34 @@ fn kill_owner_trials(journey: &mut Journey, pods: &mut Pods, ip: Ipv4Addr, trial
                 pods.kill_speaker(owner.name())
             })
             .unwrap();
-        let by = journey.node_by_mac(takeover.mac).map(|n| n.name().to_owned());
+        let by = journey
+            .node_by_mac(takeover.mac)
+            .map(|n| n.name().to_owned());
         println!(
             "trial {trial}: SIGKILL of {}'s speaker container: {:?} answered after {} ms",
             owner.name(),
             by,
             takeover.elapsed.as_millis()
         );
-        assert!(by.is_some_and(|n| n != owner.name()), "another lab node took over");
+        assert!(
+            by.is_some_and(|n| n != owner.name()),
+            "another lab node took over"
+        );
         assert_eq!(takeover.others_before, 0, "one owner before the crash");
-        let exit = pods.speaker(owner.name()).unwrap().wait_exit(Duration::from_secs(5)).unwrap();
+        let exit = pods
+            .speaker(owner.name())
+            .unwrap()
+            .wait_exit(Duration::from_secs(5))
+            .unwrap();
         assert_eq!(exit, Some(137), "the container died of SIGKILL");
         figures.push(takeover.elapsed);
         pods.start_speaker(owner.name()).unwrap();
         pods.wait_membership(MEMBERSHIP).unwrap();
         // Rendezvous hashing: the node's IPs come back to it when it returns.
         journey
-            .arp_until("eth0", ip, Duration::from_secs(10), |mac| mac == owner.mac())
+            .arp_until("eth0", ip, Duration::from_secs(10), |mac| {
+                mac == owner.mac()
+            })
             .unwrap_or_else(|e| panic!("{ip} did not come back to {}: {e}", owner.name()));
     }
     figures
@@ -305,18 +372,42 @@ fn the_image_runs_as_the_charts_user_has_no_shell_and_both_binaries_answer() {
     let controller_pod = rendered.controller_pod().unwrap();
     let speaker_pod = rendered.speaker_pod().unwrap();
     let image = controller_pod.containers[0].image.clone().unwrap();
-    assert_eq!(loaded, std::slice::from_ref(&image), "the archive holds the image the chart names");
+    assert_eq!(
+        loaded,
+        std::slice::from_ref(&image),
+        "the archive holds the image the chart names"
+    );
 
     // The image's own user is the one the chart runs the controller as; the speaker, root by
     // design, gets its user and capabilities from the chart, not from the image.
     let pod_sc = controller_pod.security_context.clone().unwrap();
-    let charted = format!("{}:{}", pod_sc.run_as_user.unwrap(), pod_sc.run_as_group.unwrap());
-    assert_eq!(engine.stdout(["image", "inspect", "-f", "{{.Config.User}}", &image]).unwrap(), charted);
+    let charted = format!(
+        "{}:{}",
+        pod_sc.run_as_user.unwrap(),
+        pod_sc.run_as_group.unwrap()
+    );
+    assert_eq!(
+        engine
+            .stdout(["image", "inspect", "-f", "{{.Config.User}}", &image])
+            .unwrap(),
+        charted
+    );
     assert_eq!(pod_sc.run_as_non_root, Some(true));
     let speaker_sc = speaker_pod.containers[0].security_context.clone().unwrap();
-    assert_eq!((speaker_sc.run_as_user, speaker_sc.run_as_non_root), (Some(0), Some(false)));
+    assert_eq!(
+        (speaker_sc.run_as_user, speaker_sc.run_as_non_root),
+        (Some(0), Some(false))
+    );
     assert_eq!(capabilities_added(&speaker_pod), ["NET_ADMIN", "NET_RAW"]);
-    let entrypoint = engine.stdout(["image", "inspect", "-f", "{{json .Config.Entrypoint}}", &image]).unwrap();
+    let entrypoint = engine
+        .stdout([
+            "image",
+            "inspect",
+            "-f",
+            "{{json .Config.Entrypoint}}",
+            &image,
+        ])
+        .unwrap();
     assert_eq!(entrypoint, r#"["/usr/local/bin/ferrolb-controller"]"#);
 
     // Run with no options at all, the image's default process is that non-root user.
@@ -336,31 +427,73 @@ fn the_image_runs_as_the_charts_user_has_no_shell_and_both_binaries_answer() {
         .unwrap();
     let deadline = Instant::now() + READY;
     while !bare.log().unwrap().contains("standalone controller ready") {
-        assert!(bare.is_running().unwrap() && Instant::now() < deadline, "{}", bare.log().unwrap());
+        assert!(
+            bare.is_running().unwrap() && Instant::now() < deadline,
+            "{}",
+            bare.log().unwrap()
+        );
         thread::sleep(Duration::from_millis(20));
     }
     let facts = bare.process().unwrap();
-    assert_eq!((facts.uid, facts.gid), (65532, 65532), "the image's default user");
+    assert_eq!(
+        (facts.uid, facts.gid),
+        (65532, 65532),
+        "the image's default user"
+    );
 
     // Both binaries the chart names answer --version, as the users the chart runs them as.
     let version = env!("CARGO_PKG_VERSION");
     for (pod, user) in [(&controller_pod, "65532:65532"), (&speaker_pod, "0:0")] {
         let command = pod.containers[0].command.clone().unwrap();
         let out = engine
-            .stdout(["run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL", "--user", user, "--entrypoint", &command[0], &image, "--version"])
+            .stdout([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--read-only",
+                "--cap-drop",
+                "ALL",
+                "--user",
+                user,
+                "--entrypoint",
+                &command[0],
+                &image,
+                "--version",
+            ])
             .unwrap();
-        let binary = Path::new(&command[0]).file_name().unwrap().to_str().unwrap();
+        let binary = Path::new(&command[0])
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
         assert_eq!(out, format!("{binary} {version}"), "{}", command[0]);
     }
 
     // No shell, and nothing else to run: the files are the base's and the two binaries.
-    let shell = engine.docker(["run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", &image, "-c", "true"]);
+    let shell = engine.docker([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/bin/sh",
+        &image,
+        "-c",
+        "true",
+    ]);
     assert!(shell.is_err(), "/bin/sh runs in the image");
     let created = engine.stdout(["create", &image]).unwrap();
     let tar = dir.path().join("rootfs.tar");
-    engine.docker(["export", "-o", tar.to_str().unwrap(), &created]).unwrap();
+    engine
+        .docker(["export", "-o", tar.to_str().unwrap(), &created])
+        .unwrap();
     engine.docker(["rm", &created]).unwrap();
-    let listing = std::process::Command::new("tar").arg("-tvf").arg(&tar).output().unwrap();
+    let listing = std::process::Command::new("tar")
+        .arg("-tvf")
+        .arg(&tar)
+        .output()
+        .unwrap();
     assert!(listing.status.success());
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
     let files: Vec<(&str, &str)> = listing
@@ -368,24 +501,41 @@ fn the_image_runs_as_the_charts_user_has_no_shell_and_both_binaries_answer() {
         .filter_map(|l| Some((l.split_whitespace().next()?, l.split_whitespace().last()?)))
         .collect();
     // The engine adds empty mount points of its own to every container it creates.
-    let engine_files = [".dockerenv", "dev/console", "etc/hostname", "etc/hosts", "etc/resolv.conf"];
+    let engine_files = [
+        ".dockerenv",
+        "dev/console",
+        "etc/hostname",
+        "etc/hosts",
+        "etc/resolv.conf",
+    ];
     let executables: Vec<&str> = files
         .iter()
-        .filter(|(mode, path)| mode.starts_with('-') && mode.contains('x') && !engine_files.contains(path))
+        .filter(|(mode, path)| {
+            mode.starts_with('-') && mode.contains('x') && !engine_files.contains(path)
+        })
         .map(|(_, path)| *path)
         .collect();
     assert_eq!(
         executables,
-        ["usr/local/bin/ferrolb-controller", "usr/local/bin/ferrolb-speaker"],
+        [
+            "usr/local/bin/ferrolb-controller",
+            "usr/local/bin/ferrolb-speaker"
+        ],
         "the only executables:\n{listing}"
     );
     for shell in ["sh", "bash", "ash", "dash", "busybox"] {
         assert!(
-            !files.iter().any(|(_, path)| Path::new(path).file_name().is_some_and(|n| n == shell)),
+            !files
+                .iter()
+                .any(|(_, path)| Path::new(path).file_name().is_some_and(|n| n == shell)),
             "{shell} in the image:\n{listing}"
         );
     }
-    let size: u64 = engine.stdout(["image", "inspect", "-f", "{{.Size}}", &image]).unwrap().parse().unwrap();
+    let size: u64 = engine
+        .stdout(["image", "inspect", "-f", "{{.Size}}", &image])
+        .unwrap()
+        .parse()
+        .unwrap();
     println!(
         "image {image}: {:.1} MB ({size} bytes), archive {:.1} MB, user {charted}, {} files",
         size as f64 / 1e6,
@@ -396,7 +546,9 @@ fn the_image_runs_as_the_charts_user_has_no_shell_and_both_binaries_answer() {
 
 #[test]
 fn the_default_charts_pods_answer_take_over_and_hand_over_without_losing_a_request() {
-    lab_or_skip!("arping", "curl", "nginx", "nft", "python3", "dockerd", "nsenter", "tar");
+    lab_or_skip!(
+        "arping", "curl", "nginx", "nft", "python3", "dockerd", "nsenter", "tar"
+    );
     let Some(archive) = pods::require() else {
         return;
     };
@@ -410,22 +562,47 @@ fn the_default_charts_pods_answer_take_over_and_hand_over_without_losing_a_reque
 
     let figures = kill_owner_trials(&mut journey, &mut pods, ip, 5);
     let (median, max) = median_max(&figures);
-    println!("SIGKILL of the owner's speaker container, 5 trials: median {median} ms, max {max} ms");
-    assert!(figures.iter().all(|d| *d < TAKEOVER), "every takeover within {TAKEOVER:?}: {figures:?}");
+    println!(
+        "SIGKILL of the owner's speaker container, 5 trials: median {median} ms, max {max} ms"
+    );
+    assert!(
+        figures.iter().all(|d| *d < TAKEOVER),
+        "every takeover within {TAKEOVER:?}: {figures:?}"
+    );
 
     // A rolling update as the DaemonSet does it: one node at a time, the old pod stopped with
     // SIGTERM and the pod's grace period, the new one started, the next node once it is ready.
-    let grace = rendered.speaker_pod().unwrap().termination_grace_period_seconds.unwrap();
+    let grace = rendered
+        .speaker_pod()
+        .unwrap()
+        .termination_grace_period_seconds
+        .unwrap();
     let rate = 200;
-    let load = RequestLoad::start(journey.client(), journey.lab.dir(), ip, rate, Duration::from_millis(3)).unwrap();
+    let load = RequestLoad::start(
+        journey.client(),
+        journey.lab.dir(),
+        ip,
+        rate,
+        Duration::from_millis(3),
+    )
+    .unwrap();
     let loaded = Instant::now();
     thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
     let mut stops = Vec::new();
     for node in journey.lab.nodes().to_vec() {
         let took = pods.stop_speaker(node.name()).unwrap();
-        assert_eq!(pods.speaker(node.name()).unwrap().exit_code().unwrap(), 0, "{}: a clean exit on SIGTERM", node.name());
-        assert!(took < Duration::from_secs(u64::try_from(grace).unwrap()), "docker stop of {} took {took:?}: killed at the grace period", node.name());
+        assert_eq!(
+            pods.speaker(node.name()).unwrap().exit_code().unwrap(),
+            0,
+            "{}: a clean exit on SIGTERM",
+            node.name()
+        );
+        assert!(
+            took < Duration::from_secs(u64::try_from(grace).unwrap()),
+            "docker stop of {} took {took:?}: killed at the grace period",
+            node.name()
+        );
         stops.push(took);
         pods.start_speaker(node.name()).unwrap();
         pods.wait_membership(MEMBERSHIP).unwrap();
@@ -446,14 +623,20 @@ fn the_default_charts_pods_answer_take_over_and_hand_over_without_losing_a_reque
         report.line
     );
     let at_rate = f64::from(rate) * loaded.elapsed().as_secs_f64();
-    assert!(report.sent as f64 > at_rate / 2.0, "the client kept half its rate at least ({at_rate:.0}): {}", report.line);
+    assert!(
+        report.sent as f64 > at_rate / 2.0,
+        "the client kept half its rate at least ({at_rate:.0}): {}",
+        report.line
+    );
     assert_eq!(report.failed, 0, "no request lost: {}", report.line);
     reach(&journey, "web", ip);
 }
 
 #[test]
 fn the_max_values_pods_serve_their_class_on_their_port_and_take_over() {
-    lab_or_skip!("arping", "curl", "nginx", "nft", "dockerd", "nsenter", "tar", "ss");
+    lab_or_skip!(
+        "arping", "curl", "nginx", "nft", "dockerd", "nsenter", "tar", "ss"
+    );
     let Some(archive) = pods::require() else {
         return;
     };
@@ -470,10 +653,14 @@ fn the_max_values_pods_serve_their_class_on_their_port_and_take_over() {
         assert!(environ.split('\0').any(|v| v == advertise), "{advertise}");
         let sockets = node.ns().run(["ss", "-Hulnp"]).unwrap();
         let sockets = String::from_utf8_lossy(&sockets.stdout).into_owned();
-        assert!(sockets.contains("0.0.0.0:7947"), "membership on 7947:\n{sockets}");
+        assert!(
+            sockets.contains("0.0.0.0:7947"),
+            "membership on 7947:\n{sockets}"
+        );
         let log = speaker.log().unwrap();
         assert!(
-            log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+            log.lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
             "json logs:\n{log}"
         );
     }
@@ -481,19 +668,31 @@ fn the_max_values_pods_serve_their_class_on_their_port_and_take_over() {
     let class = "example.org/ferrolb";
     journey
         .install
-        .write("apps/other.yaml", &manifests::service("demo", "other").yaml())
+        .write(
+            "apps/other.yaml",
+            &manifests::service("demo", "other").yaml(),
+        )
         .unwrap();
     let ip = service(&mut journey, "web", Some(class));
-    assert!(journey.install.service_ips("demo", "other").is_empty(), "a Service of another class got an IP");
+    assert!(
+        journey.install.service_ips("demo", "other").is_empty(),
+        "a Service of another class got an IP"
+    );
     reach(&journey, "web", ip);
     let figures = kill_owner_trials(&mut journey, &mut pods, ip, 2);
-    assert!(figures.iter().all(|d| *d < TAKEOVER), "every takeover within {TAKEOVER:?}: {figures:?}");
+    assert!(
+        figures.iter().all(|d| *d < TAKEOVER),
+        "every takeover within {TAKEOVER:?}: {figures:?}"
+    );
 }
 
 /// The nftables tables in `node`'s namespace, one `table FAMILY NAME` per line.
 fn nft_tables(node: &Host) -> Vec<String> {
     let out = node.ns().run(["nft", "list", "tables"]).unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Waits until `every` (or else any) running speaker has logged `needle`; returns the nodes
@@ -505,14 +704,28 @@ fn wait_logged(journey: &Journey, pods: &Pods, needle: &str, every: bool) -> Vec
             .lab
             .nodes()
             .iter()
-            .filter(|n| pods.speaker(n.name()).unwrap().log().unwrap().contains(needle))
+            .filter(|n| {
+                pods.speaker(n.name())
+                    .unwrap()
+                    .log()
+                    .unwrap()
+                    .contains(needle)
+            })
             .map(|n| n.name().to_owned())
             .collect();
-        let enough = if every { logged.len() == journey.lab.nodes().len() } else { !logged.is_empty() };
+        let enough = if every {
+            logged.len() == journey.lab.nodes().len()
+        } else {
+            !logged.is_empty()
+        };
         if enough {
             return logged;
         }
-        assert!(Instant::now() < deadline, "{needle:?} logged only by {logged:?}:\n{}", pods.speaker_logs());
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} logged only by {logged:?}:\n{}",
+            pods.speaker_logs()
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -522,16 +735,22 @@ fn wait_logged(journey: &Journey, pods: &Pods, needle: &str, every: bool) -> Vec
 fn move_and_back(journey: &Journey, pods: &mut Pods, ip: Ipv4Addr) -> Host {
     let owner = journey.arp_owner("eth0", ip, ALLOCATE).unwrap().clone();
     pods.stop_speaker(owner.name()).unwrap();
-    journey.arp_until("eth0", ip, ALLOCATE, |mac| mac != owner.mac()).unwrap();
+    journey
+        .arp_until("eth0", ip, ALLOCATE, |mac| mac != owner.mac())
+        .unwrap();
     pods.start_speaker(owner.name()).unwrap();
     pods.wait_membership(MEMBERSHIP).unwrap();
-    journey.arp_until("eth0", ip, ALLOCATE, |mac| mac == owner.mac()).unwrap();
+    journey
+        .arp_until("eth0", ip, ALLOCATE, |mac| mac == owner.mac())
+        .unwrap();
     owner
 }
 
 #[test]
 fn each_capability_the_chart_grants_is_needed_and_what_breaks_without_it() {
-    lab_or_skip!("arping", "curl", "nginx", "nft", "dockerd", "nsenter", "tar");
+    lab_or_skip!(
+        "arping", "curl", "nginx", "nft", "dockerd", "nsenter", "tar"
+    );
     let Some(archive) = pods::require() else {
         return;
     };
@@ -546,7 +765,10 @@ fn each_capability_the_chart_grants_is_needed_and_what_breaks_without_it() {
     let owner = move_and_back(&journey, &mut pods, ip);
     let tables = nft_tables(&owner);
     println!("all granted: {} answers, tables {tables:?}", owner.name());
-    assert!(tables.iter().any(|t| t == "table arp ferrolb"), "{tables:?}");
+    assert!(
+        tables.iter().any(|t| t == "table arp ferrolb"),
+        "{tables:?}"
+    );
     assert!(tables.iter().any(|t| t == "table ip ferrolb"), "{tables:?}");
 
     let granted = capabilities_added(&rendered.speaker_pod().unwrap());
@@ -566,7 +788,12 @@ fn each_capability_the_chart_grants_is_needed_and_what_breaks_without_it() {
         match removed.as_str() {
             "NET_RAW" => {
                 // No packet socket: nothing answers ARP, on any node.
-                let refused = wait_logged(&journey, &pods, "creating an AF_PACKET socket (needs CAP_NET_RAW)", false);
+                let refused = wait_logged(
+                    &journey,
+                    &pods,
+                    "creating an AF_PACKET socket (needs CAP_NET_RAW)",
+                    false,
+                );
                 let answers = journey.arp_answers("eth0", ip, 20).unwrap();
                 let ready: Vec<bool> = journey
                     .lab
@@ -574,23 +801,43 @@ fn each_capability_the_chart_grants_is_needed_and_what_breaks_without_it() {
                     .iter()
                     .map(|n| pods.probe_speaker(n.name(), ProbeKind::Readiness).unwrap())
                     .collect();
-                println!("without NET_RAW: {} ARP answers of 20; the socket refused on {refused:?}; the speakers' readiness {ready:?}", answers.len());
+                println!(
+                    "without NET_RAW: {} ARP answers of 20; the socket refused on {refused:?}; the speakers' readiness {ready:?}",
+                    answers.len()
+                );
                 assert!(answers.is_empty(), "{answers:?}");
             }
             "NET_ADMIN" => {
                 // ARP is answered, by one node; the kernel's ARP skip and carrying are refused.
-                wait_logged(&journey, &pods, "the kernel refused table arp ferrolb (needs CAP_NET_ADMIN", true);
+                wait_logged(
+                    &journey,
+                    &pods,
+                    "the kernel refused table arp ferrolb (needs CAP_NET_ADMIN",
+                    true,
+                );
                 reach(&journey, "web", ip);
                 let owner = move_and_back(&journey, &mut pods, ip);
                 let log = pods.speaker(owner.name()).unwrap().log().unwrap();
-                assert!(log.contains("connections in flight across a move (ip) will be reset"), "{log}");
+                assert!(
+                    log.contains("connections in flight across a move (ip) will be reset"),
+                    "{log}"
+                );
                 for node in journey.lab.nodes() {
                     let tables = nft_tables(node);
-                    assert!(!tables.iter().any(|t| t.ends_with(" ferrolb")), "{}: {tables:?}", node.name());
+                    assert!(
+                        !tables.iter().any(|t| t.ends_with(" ferrolb")),
+                        "{}: {tables:?}",
+                        node.name()
+                    );
                 }
-                println!("without NET_ADMIN: {} answers alone; no table ferrolb on any node; moves reset connections in flight", owner.name());
+                println!(
+                    "without NET_ADMIN: {} answers alone; no table ferrolb on any node; moves reset connections in flight",
+                    owner.name()
+                );
             }
-            other => panic!("the chart grants {other}; this test does not know what for (docs/security.md)"),
+            other => panic!(
+                "the chart grants {other}; this test does not know what for (docs/security.md)"
+            ),
         }
     }
 }
@@ -601,7 +848,9 @@ fn each_capability_the_chart_grants_is_needed_and_what_breaks_without_it() {
 #[test]
 #[ignore = "speaker bug: a speaker that cannot open its packet socket stays ready and keeps its IPs"]
 fn a_speaker_that_cannot_answer_is_not_ready_and_its_ips_move() {
-    lab_or_skip!("arping", "curl", "nginx", "nft", "dockerd", "nsenter", "tar");
+    lab_or_skip!(
+        "arping", "curl", "nginx", "nft", "dockerd", "nsenter", "tar"
+    );
     let Some(archive) = pods::require() else {
         return;
     };
@@ -619,9 +868,15 @@ fn a_speaker_that_cannot_answer_is_not_ready_and_its_ips_move() {
     caps.add = Some(vec!["NET_ADMIN".to_owned()]);
     pods.start_speaker(owner.name()).unwrap();
     pods.wait_membership(MEMBERSHIP).unwrap();
-    wait_logged(&journey, &pods, "creating an AF_PACKET socket (needs CAP_NET_RAW)", false);
+    wait_logged(
+        &journey,
+        &pods,
+        "creating an AF_PACKET socket (needs CAP_NET_RAW)",
+        false,
+    );
     pods.wait_probe("the crippled speaker turning not ready", READY, |p| {
-        p.probe_speaker(owner.name(), ProbeKind::Readiness).map(|ready| !ready)
+        p.probe_speaker(owner.name(), ProbeKind::Readiness)
+            .map(|ready| !ready)
     })
     .unwrap();
     journey
