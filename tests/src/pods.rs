@@ -147,16 +147,7 @@ impl Pods {
         )
         .map_err(|e| LabError::Spec(e.to_string()))?;
         self.standalone(&mut run, "status/l2")?;
-        let seen_before = self
-            .speakers
-            .iter()
-            .filter(|(other, _)| *other != node)
-            .map(|(other, pod)| {
-                let log = pod.container.log().unwrap_or_default();
-                let seen = (pod.container.id().to_owned(), member_up_count(&log, node));
-                (other.clone(), seen)
-            })
-            .collect();
+        let seen_before = self.seen_by_peers(node);
         let container = self.engine.run(&run.arguments())?;
         self.speakers.insert(
             node.to_owned(),
@@ -167,6 +158,40 @@ impl Pods {
             },
         );
         Ok(())
+    }
+
+    /// Restarts the speaker container of `node` in the same pod (name, uid, every option), as
+    /// the kubelet restarts a container that died.
+    pub fn restart_speaker(&mut self, node: &str) -> Result<()> {
+        let pod = self
+            .speakers
+            .get(node)
+            .ok_or_else(|| LabError::Spec(format!("no speaker pod on {node}")))?;
+        let run = pod.run.clone();
+        let seen_before = self.seen_by_peers(node);
+        let container = self.engine.run(&run.arguments())?;
+        self.speakers.insert(
+            node.to_owned(),
+            SpeakerPod {
+                container,
+                run,
+                seen_before,
+            },
+        );
+        Ok(())
+    }
+
+    /// By peer: its container and how often it has logged `node` coming up.
+    fn seen_by_peers(&self, node: &str) -> BTreeMap<String, (String, usize)> {
+        self.speakers
+            .iter()
+            .filter(|(other, _)| *other != node)
+            .map(|(other, pod)| {
+                let log = pod.container.log().unwrap_or_default();
+                let seen = (pod.container.id().to_owned(), member_up_count(&log, node));
+                (other.clone(), seen)
+            })
+            .collect()
     }
 
     /// Starts a speaker pod on every node.

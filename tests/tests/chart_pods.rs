@@ -308,8 +308,8 @@ fn random_phase() {
 }
 
 /// SIGKILLs the owner's speaker container `trials` times; each time the client must see
-/// another node's MAC within [`TAKEOVER`], and the owner, restarted in its sandbox as the
-/// kubelet restarts a crashed container, must take its IP back.
+/// another node's MAC within [`TAKEOVER`], and the owner, restarted in its pod as the kubelet
+/// restarts a crashed container, must take its IP back.
 fn kill_owner_trials(
     journey: &mut Journey,
     pods: &mut Pods,
@@ -346,7 +346,7 @@ fn kill_owner_trials(
             .unwrap();
         assert_eq!(exit, Some(137), "the container died of SIGKILL");
         figures.push(takeover.elapsed);
-        pods.start_speaker(owner.name()).unwrap();
+        pods.restart_speaker(owner.name()).unwrap();
         pods.wait_membership(MEMBERSHIP).unwrap();
         // Rendezvous hashing: the node's IPs come back to it when it returns.
         journey
