@@ -6,7 +6,11 @@
 #   docker build -t ghcr.io/ferrolb/ferrolb:0.1.0 .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t ghcr.io/ferrolb/ferrolb:0.1.0 .
 #
-# The same build without Docker, on a Debian/Ubuntu host (what scripts/build-static runs):
+# Without pulling anything (no registry in reach): scripts/build-image builds the binaries with
+# scripts/build-static and this file's runtime stage on a base it assembles FROM scratch, with
+# whatever docker engine answers; that is the image the test suite runs the chart's pods from.
+#
+# The same binaries without Docker, on a Debian/Ubuntu host (what scripts/build-static runs):
 #   apt-get install musl-tools && rustup target add x86_64-unknown-linux-musl
 #   CC_x86_64_unknown_linux_musl=musl-gcc cargo build --profile dist --locked \
 #       --target x86_64-unknown-linux-musl -p ferrolb-controller -p ferrolb-speaker

@@ -332,7 +332,10 @@ impl StateDir {
     }
 
     /// Writes `text` to `relative` atomically: a temporary file beside it, flushed to disk,
-    /// then renamed over it. Parent directories are created.
+    /// then renamed over it. Parent directories are created. The file is readable by every
+    /// user (0644, less the umask), as a manifest is: the controller and the speakers may run
+    /// as different users (the chart's: 65532 and root without CAP_DAC_OVERRIDE), and each
+    /// reads what the other writes.
     pub fn write_atomic(&self, relative: &str, text: &str) -> Result<(), StateDirError> {
         let path = self.resolve(relative)?;
         let parent = path.parent().unwrap_or(&self.root).to_owned();
@@ -343,6 +346,7 @@ impl StateDir {
         std::fs::create_dir_all(&parent).map_err(io)?;
         let mut file = tempfile::Builder::new()
             .prefix(".tmp-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(&parent)
             .map_err(io)?;
         file.write_all(text.as_bytes()).map_err(io)?;
@@ -438,6 +442,21 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(leftovers.len(), 1);
+    }
+
+    #[test]
+    fn written_files_are_readable_by_every_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        state
+            .write_atomic("status/services/web/app.yaml", POOL)
+            .unwrap();
+        let mode = std::fs::metadata(dir.path().join("status/services/web/app.yaml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o444, 0o444, "mode {mode:o}");
     }
 
     /// Issue 19: a broken edit of a live manifest must not make its objects vanish.

@@ -97,7 +97,7 @@ fn beside_executable(name: &str) -> Result<Vec<PathBuf>> {
 
 /// The source directories the binary `name` is built from (as this crate was compiled): its
 /// own crate's and those it depends on, not its sibling's, which cargo does not relink it for.
-fn sources_of(name: &str) -> Vec<PathBuf> {
+pub(crate) fn sources_of(name: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let own = name.strip_prefix("ferrolb-").unwrap_or(name);
     ["proto", "daemon", own]
@@ -109,7 +109,7 @@ fn sources_of(name: &str) -> Vec<PathBuf> {
 /// Fails when a source file under `sources` is newer than `binary`: cargo builds only what a
 /// command asks for, so `cargo test -p ferrolb-e2e` after an edit would drive the old binary.
 /// Sources that are not there (the binaries were copied to another machine) are not compared.
-fn refuse_stale(binary: &Path, sources: &[PathBuf], build: &str) -> Result<()> {
+pub(crate) fn refuse_stale(binary: &Path, sources: &[PathBuf], build: &str) -> Result<()> {
     let built = std::fs::metadata(binary)
         .and_then(|m| m.modified())
         .map_err(|source| LabError::Io {
@@ -203,6 +203,7 @@ pub mod manifests {
         pub local: bool,
         pub dual_stack: bool,
         pub port: u16,
+        pub load_balancer_class: Option<String>,
     }
 
     /// `namespace/name`, type LoadBalancer, port 80, single stack, ETP Cluster.
@@ -214,6 +215,7 @@ pub mod manifests {
             local: false,
             dual_stack: false,
             port: 80,
+            load_balancer_class: None,
         }
     }
 
@@ -233,6 +235,12 @@ pub mod manifests {
         /// `ipFamilyPolicy: RequireDualStack`, `ipFamilies: [IPv4, IPv6]`.
         pub fn dual_stack(mut self) -> Self {
             self.dual_stack = true;
+            self
+        }
+
+        /// `spec.loadBalancerClass`.
+        pub fn load_balancer_class(mut self, class: &str) -> Self {
+            self.load_balancer_class = Some(class.to_owned());
             self
         }
 
@@ -259,6 +267,9 @@ pub mod manifests {
             if self.dual_stack {
                 out.push_str("  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n");
             }
+            if let Some(class) = &self.load_balancer_class {
+                out.push_str(&format!("  loadBalancerClass: {class}\n"));
+            }
             out
         }
     }
@@ -273,14 +284,20 @@ pub mod manifests {
     }
 }
 
+/// The FerroLB binaries an [`Install`] starts.
+#[derive(Debug, Clone)]
+struct Binaries {
+    controller: PathBuf,
+    speaker: PathBuf,
+}
+
 /// FerroLB on a lab: the state directory, its membership key, the controller and the speakers.
 /// Processes are registered with the lab too, so they die with it whatever happens.
 #[derive(Debug)]
 pub struct Install {
     dir: PathBuf,
     key_file: PathBuf,
-    controller_bin: PathBuf,
-    speaker_bin: PathBuf,
+    binaries: Option<Binaries>,
     nodes: Vec<Host>,
     controller: Option<Background>,
     speakers: BTreeMap<String, Background>,
@@ -291,8 +308,20 @@ impl Install {
     /// A fresh state directory in the lab's directory holding a Node manifest per lab node, and a
     /// fresh membership key; nothing is started yet.
     pub fn new(lab: &Lab) -> Result<Install> {
-        let controller_bin = binary("ferrolb-controller")?;
-        let speaker_bin = binary("ferrolb-speaker")?;
+        let binaries = Binaries {
+            controller: binary("ferrolb-controller")?,
+            speaker: binary("ferrolb-speaker")?,
+        };
+        Install::prepare(lab, Some(binaries))
+    }
+
+    /// The same state directory for daemons that run elsewhere (the chart's pods as containers,
+    /// `pods::Pods`): starting one here is an error, and no binary needs to be built.
+    pub fn without_binaries(lab: &Lab) -> Result<Install> {
+        Install::prepare(lab, None)
+    }
+
+    fn prepare(lab: &Lab, binaries: Option<Binaries>) -> Result<Install> {
         let dir = lab.dir().join("state");
         let key_file = lab.dir().join("membership.key");
         std::fs::create_dir_all(&dir).map_err(|source| LabError::Io {
@@ -303,8 +332,7 @@ impl Install {
         let install = Install {
             dir,
             key_file,
-            controller_bin,
-            speaker_bin,
+            binaries,
             nodes: lab.nodes().to_vec(),
             controller: None,
             speakers: BTreeMap::new(),
@@ -335,8 +363,16 @@ impl Install {
     }
 
     /// The controller binary.
-    pub fn controller_bin(&self) -> &Path {
-        &self.controller_bin
+    pub fn controller_bin(&self) -> Result<&Path> {
+        self.binaries().map(|b| b.controller.as_path())
+    }
+
+    fn binaries(&self) -> Result<&Binaries> {
+        self.binaries.as_ref().ok_or_else(|| {
+            LabError::Spec(
+                "this install runs no binaries of its own (Install::without_binaries)".to_owned(),
+            )
+        })
     }
 
     /// Writes a manifest file atomically (a hidden temporary file, then rename), so readers never
@@ -373,7 +409,7 @@ impl Install {
     pub fn start_controller(&mut self) -> Result<()> {
         let node = self.node(CONTROLLER_NODE)?.clone();
         let process = node.ns().spawn([
-            self.controller_bin.to_string_lossy().as_ref(),
+            self.controller_bin()?.to_string_lossy().as_ref(),
             "--state-dir",
             &self.dir.to_string_lossy(),
             "--metrics-addr",
@@ -431,7 +467,7 @@ impl Install {
     pub fn start_speaker_keyed(&mut self, i: usize, key_file: &Path) -> Result<()> {
         let node = self.node(i)?.clone();
         let mut argv: Vec<String> = vec![
-            self.speaker_bin.to_string_lossy().into_owned(),
+            self.binaries()?.speaker.to_string_lossy().into_owned(),
             "run".to_owned(),
             "--node-name".to_owned(),
             node.name().to_owned(),
@@ -762,6 +798,7 @@ mod tests {
                 .annotation("metallb.io/loadBalancerIPs", "10.250.0.105")
                 .local()
                 .dual_stack()
+                .load_balancer_class("example.org/ferrolb")
                 .yaml(),
             manifests::endpoint_slice("demo", "web", "n2", ip),
         ];

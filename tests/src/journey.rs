@@ -44,12 +44,21 @@ impl Journey {
     /// Builds the lab (with its ingress namespace), starts nginx there, and prepares the state
     /// directory with the lab's Nodes. Nothing of FerroLB runs yet.
     pub fn new(builder: LabBuilder) -> Result<Journey> {
+        Journey::with(builder, Install::new)
+    }
+
+    /// [`new`](Self::new) with the install `prepare` makes of the lab
+    /// ([`Install::without_binaries`] for FerroLB in containers).
+    pub fn with(
+        builder: LabBuilder,
+        prepare: impl FnOnce(&Lab) -> Result<Install>,
+    ) -> Result<Journey> {
         let lab = builder.ingress().build()?;
         let ingress_host = lab
             .ingress()
             .ok_or_else(|| LabError::Spec("the lab has no ingress".to_owned()))?;
         let ingress = IngressProxy::start(ingress_host, &lab.dir().join("ingress"))?;
-        let install = Install::new(&lab)?;
+        let install = prepare(&lab)?;
         Ok(Journey {
             install,
             ingress,

@@ -16,6 +16,11 @@
 //! - [`journey`]: [`Journey`], the user's journey staged: lab, ingress, FerroLB, kube-proxy, client checks.
 //! - [`kubeproxy`]: the harness playing kube-proxy on the nodes (DNAT + masquerade).
 //! - [`ingress`]: [`IngressProxy`], nginx as the ingress proxy in its own namespace.
+//! - [`chart`]: the Helm chart rendered (`helm template`) into Kubernetes' types.
+//! - [`kubelet`]: a rendered pod's container as `docker run` options, as the kubelet runs it.
+//! - [`container`]: [`Engine`], a dockerd of the test's own; pod sandboxes that become lab nodes.
+//! - [`pods`]: [`Pods`], the chart's pods from the image on a lab (standalone backend).
+//! - [`load`]: [`RequestLoad`], requests through a VIP at a steady rate, counted.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -37,17 +42,22 @@
 
 pub mod apiserver;
 pub mod capture;
+pub mod chart;
 pub mod cluster;
+pub mod container;
 pub mod control_plane;
 pub mod error;
 pub mod floor;
 pub mod ingress;
 pub mod install;
 pub mod journey;
+pub mod kubelet;
 pub mod kubeproxy;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod pcap;
+pub mod pods;
 pub mod privilege;
 pub mod process;
 pub mod tools;
@@ -55,6 +65,7 @@ pub mod tools;
 pub use apiserver::ApiServer;
 pub use capture::Capture;
 pub use cluster::Cluster;
+pub use container::Engine;
 pub use control_plane::ControlPlane;
 pub use error::{LabError, Result};
 pub use ferrolb_proto::wire::MacAddr;
@@ -62,7 +73,9 @@ pub use ingress::IngressProxy;
 pub use install::Install;
 pub use journey::Journey;
 pub use lab::{Host, Lab, LabBuilder, Nic};
+pub use load::RequestLoad;
 pub use netns::Namespace;
 pub use pcap::CapturedFrame;
+pub use pods::Pods;
 pub use privilege::{LabAccess, require_lab};
 pub use process::Background;

@@ -91,6 +91,8 @@ pub fn debian_package(tool: &str) -> &str {
         "etcd" => "etcd-server",
         "kubectl" => "kubernetes-client",
         "setpriv" => "util-linux",
+        "dockerd" => "docker.io",
+        "nsenter" => "util-linux",
         other => other,
     }
 }
@@ -114,6 +116,17 @@ pub fn require_lab(extra_tools: &[&str]) -> Option<LabAccess> {
         }
         Verdict::Fail(reason) => panic!("{reason}"),
     }
+}
+
+/// For a precondition beyond root and tools (an input a script builds, like the image
+/// archive): prints `skipping: <why>` and returns `None`, or panics with the reason when
+/// `FERROLB_REQUIRE_LAB=1`.
+pub fn skip_or_fail<T>(reason: &str) -> Option<T> {
+    if required_by(std::env::var_os(REQUIRE_LAB_ENV).as_deref()) {
+        panic!("{reason} [{REQUIRE_LAB_ENV}=1 makes this a failure]");
+    }
+    let _ = writeln!(std::io::stderr(), "skipping: {reason}");
+    None
 }
 
 /// Runs the rest of the test only if the lab can run here: `lab_or_skip!()` or

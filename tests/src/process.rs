@@ -83,7 +83,7 @@ impl ProcessRegistry {
 }
 
 /// Locks a mutex, carrying on past a poisoned one: the data is a process table, still valid.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -167,7 +167,7 @@ fn answers_stop(journey: &Journey, ip: IpAddr, within: Duration) -> Duration {
 
 /// `ferrolb-controller status --state-dir DIR`, as the user would run it.
 fn status_view(journey: &Journey) -> String {
-    let out = std::process::Command::new(journey.install.controller_bin())
+    let out = std::process::Command::new(journey.install.controller_bin().unwrap())
         .args(["status", "--state-dir"])
         .arg(journey.install.dir())
         .output()

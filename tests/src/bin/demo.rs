@@ -267,7 +267,7 @@ fn show_curl(journey: &Journey, vip: Ipv4Addr) -> Result<()> {
 
 /// The status view, as `ferrolb-controller status --state-dir DIR` prints it.
 fn status_view(journey: &Journey) -> Result<String> {
-    let out = Command::new(journey.install.controller_bin())
+    let out = Command::new(journey.install.controller_bin()?)
         .args(["status", "--state-dir"])
         .arg(journey.install.dir())
         .output()?;
