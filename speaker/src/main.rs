@@ -384,6 +384,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
+    require_packet_sockets()?;
     let config = args.announcer.config();
     let mut links = interfaces::watch()
         .await
@@ -467,7 +468,18 @@ async fn release_local_vips(task: Option<tokio::task::JoinHandle<()>>) {
     }
 }
 
+/// Fails when this process may not open packet sockets: the speaker could answer no ARP or NDP,
+/// and a speaker that joined the membership anyway would be elected and leave its IPs dark.
+fn require_packet_sockets() -> anyhow::Result<()> {
+    ferrolb_speaker::socket::may_open_packet_sockets().context(
+        "this speaker may not open packet sockets, so it could answer no ARP or NDP: it needs \
+         CAP_NET_RAW (the chart grants it in the speaker's securityContext); exiting before \
+         joining the membership, so the other nodes answer for this node's IPs",
+    )
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    require_packet_sockets()?;
     let metrics = Metrics::new().context("registering metrics")?;
     let readiness = Readiness::default();
     let (trigger, stop) = shutdown::channel();

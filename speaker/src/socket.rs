@@ -310,6 +310,20 @@ fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
 }
 
+/// Whether this process may open packet sockets at all (CAP_NET_RAW): a speaker that cannot
+/// answer ARP must not join the membership, where it would be elected and leave its IPs dark.
+/// The socket opened to find out receives nothing (protocol 0, never bound) and is closed.
+pub fn may_open_packet_sockets() -> io::Result<()> {
+    // SAFETY: plain system call with constant arguments; it returns a new fd or -1.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new, valid descriptor nothing else owns; dropping it closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(raw) });
+    Ok(())
+}
+
 /// Opens the responder socket of `link`: AF_PACKET, filtered to ARP and NDP, own frames
 /// ignored, not promiscuous, bound to the link by pnet.
 pub fn open(link: &Link) -> Result<PacketChannel, SocketError> {
