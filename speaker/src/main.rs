@@ -214,7 +214,7 @@ struct MembershipArgs {
         default_value_t = 300
     )]
     membership_leave_linger_ms: u64,
-    /// Milliseconds a node that lost a link (or just started) and is alone in the membership
+    /// Milliseconds a node that lost a link and is alone in the membership
     /// waits, with every link up, for a peer before serving alone.
     #[arg(long, env = "FERROLB_FENCE_HOLD_MS", default_value_t = ms(ferrolb_speaker::fencing::DEFAULT_HOLD))]
     fence_hold_ms: u64,
