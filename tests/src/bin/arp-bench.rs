@@ -19,6 +19,8 @@
 //! cargo run --release -p ferrolb-e2e --bin arp-bench               # everything, ~3 minutes
 //! cargo run --release -p ferrolb-e2e --bin arp-bench -- --only latency --requests 3000
 //! cargo run --release -p ferrolb-e2e --bin arp-bench -- --only latency --floor
+//! cargo run --release -p ferrolb-e2e --bin arp-bench -- --only latency --load 2   # a busy node
+//! cargo run --release -p ferrolb-e2e --bin arp-bench -- --only latency --load 2 --rx-cpu 1
 //! ```
 //!
 //! Needs root (namespaces, raw sockets), tcpdump and arping, and the release speaker built
@@ -64,6 +66,10 @@ struct Options {
     services: usize,
     cpu_secs: u64,
     floor: bool,
+    /// CPU-bound processes run beside the responder on node 1 during parts 1-3.
+    load: usize,
+    /// Steer the nodes' received frames to this CPU (RPS), as a NIC interrupting it would.
+    rx_cpu: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +94,7 @@ impl Part {
 }
 
 const USAGE: &str = "usage: arp-bench [--speaker PATH | --floor] [--requests N] [--services N] \
-[--cpu-secs N] [--only latency,rate,cpu,memory]";
+[--cpu-secs N] [--load N] [--rx-cpu N] [--only latency,rate,cpu,memory]";
 
 fn parse_args() -> Result<Options> {
     let mut options = Options {
@@ -98,6 +104,8 @@ fn parse_args() -> Result<Options> {
         services: 1000,
         cpu_secs: 10,
         floor: false,
+        load: 0,
+        rx_cpu: None,
     };
     let mut only = false;
     let mut args = std::env::args().skip(1);
@@ -118,6 +126,18 @@ fn parse_args() -> Result<Options> {
                 options.services = value("--services")?
                     .parse()
                     .context("--services: a whole number")?;
+            }
+            "--load" => {
+                options.load = value("--load")?
+                    .parse()
+                    .context("--load: a whole number of CPU-bound processes")?;
+            }
+            "--rx-cpu" => {
+                options.rx_cpu = Some(
+                    value("--rx-cpu")?
+                        .parse()
+                        .context("--rx-cpu: a CPU number")?,
+                );
             }
             "--cpu-secs" => {
                 options.cpu_secs = value("--cpu-secs")?
@@ -211,6 +231,50 @@ impl Responder {
     }
 }
 
+/// How this program runs itself as one CPU-bound process of `--load`.
+const HOG_MODE: &str = "--cpu-hog";
+
+/// The `--load` mode: spins on one CPU, never sleeping and making no system call, until killed
+/// (as a busy tenant of the node would: the responder has to preempt it).
+fn cpu_hog() -> Result<()> {
+    let mut x = 1u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+    }
+}
+
+/// Has the frames `host` receives on eth0 handled in a softirq of `cpu` (receive packet
+/// steering). In the lab a frame is otherwise handled on its sender's CPU, where the sender is
+/// the running task: the responder then never has to preempt a busy tenant of the node, which
+/// on a real node, with the NIC interrupting whatever runs, it does.
+fn steer_receive(host: &Host, cpu: usize) -> Result<()> {
+    let mask = 1u64
+        .checked_shl(u32::try_from(cpu).unwrap_or(u32::MAX))
+        .filter(|_| cpu < 64)
+        .ok_or_else(|| anyhow!("--rx-cpu {cpu}: at most 63"))?;
+    host.ns()
+        .run([
+            "sh",
+            "-c",
+            &format!("echo {mask:x} > /sys/class/net/eth0/queues/rx-0/rps_cpus"),
+        ])
+        .with_context(|| format!("steering {}'s eth0 to CPU {cpu}", host.name()))?;
+    Ok(())
+}
+
+/// Starts `count` CPU-bound processes in `host`'s namespace, beside the responder; each is
+/// killed (by PID) when its handle drops.
+fn cpu_load(host: &Host, count: usize) -> Result<Vec<Background>> {
+    let exe = std::env::current_exe().context("locating this program")?;
+    (0..count)
+        .map(|_| {
+            host.ns()
+                .spawn([exe.as_os_str(), HOG_MODE.as_ref()])
+                .context("starting a CPU-bound process")
+        })
+        .collect()
+}
+
 /// The floor responder's mode: answers ARP for `ip` on `iface` until killed.
 fn floor_responder(iface: &str, ip: &str) -> Result<()> {
     let ip: Ipv4Addr = ip.parse().context("the floor responder's IP")?;
@@ -230,6 +294,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let outcome = match args.as_slice() {
         [mode, iface, ip] if mode == FLOOR_MODE => floor_responder(iface, ip),
+        [mode] if mode == HOG_MODE => cpu_hog(),
         _ => run(),
     };
     match outcome {
@@ -261,6 +326,21 @@ fn run() -> Result<()> {
             .build()
             .context("building the lab")?;
         let bench = LanBench::start(&lab, &responder)?;
+        if let Some(cpu) = options.rx_cpu {
+            for host in lab.nodes() {
+                steer_receive(host, cpu)?;
+            }
+            report.note(format!(
+                "the nodes' received frames steered to CPU {cpu} (RPS on eth0), as a NIC interrupting it would"
+            ));
+        }
+        let _load = cpu_load(node(&lab, 1)?, options.load)?;
+        if options.load > 0 {
+            report.note(format!(
+                "{} CPU-bound process(es) beside the responder on node 1 during parts 1-3",
+                options.load
+            ));
+        }
         if wants(Part::Latency) {
             report.load("latency");
             bench.latency(options.requests, &mut report)?;
